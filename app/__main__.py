@@ -1,0 +1,47 @@
+"""``petseg-serve`` / ``python -m app``: check the settings and checkpoint, then run uvicorn."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import uvicorn
+
+from app.config import SettingsError, load_settings
+from models.checkpoint import CheckpointError, load_checkpoint
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="petseg-serve", description="Serve petseg's segmentation API with uvicorn.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes; each loads its own model copy (1-2 per GPU is plenty)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint to serve (sets PETSEG_CHECKPOINT)")
+    p.add_argument("--log-level", default=None, help="uvicorn/app log level (default PETSEG_LOG_LEVEL or info)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.checkpoint:
+        os.environ["PETSEG_CHECKPOINT"] = args.checkpoint
+    try:
+        settings = load_settings()
+        # Fail here with one line rather than inside uvicorn's start-up with a traceback.
+        if not settings.checkpoint.is_file():
+            raise CheckpointError(f"checkpoint not found: {settings.checkpoint} (set PETSEG_CHECKPOINT)")
+        load_checkpoint(settings.checkpoint)
+    except (SettingsError, CheckpointError) as exc:
+        print(f"petseg-serve: {exc}", file=sys.stderr)
+        return 2
+    level = (args.log_level or settings.log_level).lower()
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers, log_level=level,
+                timeout_graceful_shutdown=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Service settings from ``PETSEG_*`` environment variables (and an optional ``.env``), validated at start-up."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_CHECKPOINT", "Settings", "SettingsError", "load_settings"]
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "weights" / "default.pt"
+ENV_PREFIX = "PETSEG_"
+
+
+class SettingsError(ValueError):
+    """An invalid ``PETSEG_*`` variable; the message names it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", env_ignore_empty=True,
+                                      extra="ignore")
+
+    checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="checkpoint to serve; default: the embedded model")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="inference precision")
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="default probability threshold for the mask")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted request body")
+    max_pixels: int = Field(50_000_000, gt=0, description="largest accepted image, width x height")
+    max_batch: int = Field(0, ge=0, le=256, description="micro-batch size; 0 = auto (1 on CPU, 8 on GPU)")
+    batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill")
+    max_queue: int = Field(64, ge=1, description="requests waiting for the model before 503")
+    request_timeout_s: float = Field(60.0, gt=0, description="per-request time limit")
+    api_key: str | None = Field(None, description="when set, every endpoint but /health requires it")
+    cors_origins: list[str] = Field(default_factory=list, description="allowed CORS origins (JSON list)")
+    allow_untrained: bool = Field(False, description="serve a checkpoint with epoch 0 (random weights): tests only")
+    log_level: str = Field("info", description="logging level")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("expected auto, cpu, cuda or cuda:N")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings, turning pydantic's error into one line per bad variable, named as in the environment."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "?"
+            problems.append(f"{ENV_PREFIX}{field.upper()}={error.get('input')!r}: {error['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None

@@ -1,0 +1,139 @@
+"""Untrusted bytes in, arrays out; arrays in, PNG bytes out. No FastAPI, no torch: unit-testable on its own.
+
+Decoding is defensive: the pixel count is checked from the header before any pixel is decoded, JPEGs are
+decoded at a reduced scale when only the model needs them (draft mode), EXIF orientation is applied, and every
+mode Pillow knows (1, L, LA, P, I;16, RGBA, CMYK, YCbCr...) ends up as RGB.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from app.errors import ApiError
+
+__all__ = ["DecodedImage", "decode_ground_truth", "decode_image", "encode_png", "render_output"]
+
+SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"}
+_ORIENTATION_SWAPS_AXES = {5, 6, 7, 8}
+Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit from the header, before decoding
+
+
+@dataclass
+class DecodedImage:
+    rgb: np.ndarray  # HxWx3 uint8, possibly smaller than the original when decoded in draft mode
+    width: int  # the upright original size, which every answer is given at
+    height: int
+    format: str
+
+
+def _open(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    if not data:
+        raise ApiError(400, f"{field} is empty")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ApiError(415, f"{field} is not an image format this service reads "
+                            f"(send JPEG, PNG, WebP, BMP or TIFF)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ApiError(400, f"{field} could not be read: {exc}") from None
+    if image.format not in SUPPORTED_FORMATS:
+        raise ApiError(415, f"{field} is {image.format}; send JPEG, PNG, WebP, BMP or TIFF")
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ApiError(400, f"{field} has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ApiError(413, f"{field} is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    return image
+
+
+def _load(image: Image.Image, field: str) -> Image.Image:
+    """Decode pixels, turning Pillow's many failure modes into one 400."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image.load()
+            return ImageOps.exif_transpose(image) or image
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise ApiError(400, f"{field} is truncated or corrupt: {exc}") from None
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float32)
+        top = float(array.max()) or 1.0
+        gray = (array / top * 255.0).clip(0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(canvas, rgba)
+    return np.asarray(image.convert("RGB"))
+
+
+def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None, field: str = "image"
+                 ) -> DecodedImage:
+    """Decode an upload. With ``draft_size``, JPEGs decode at the smallest DCT scale still >= that size."""
+    image = _open(data, field, max_pixels)
+    orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
+    width, height = image.size
+    if orientation in _ORIENTATION_SWAPS_AXES:
+        width, height = height, width
+    if draft_size and image.format in ("JPEG", "MPO"):
+        image.draft("RGB", (draft_size, draft_size))
+    upright = _load(image, field)
+    return DecodedImage(_to_rgb(upright), width, height, image.format or "?")
+
+
+def decode_ground_truth(data: bytes, *, size: tuple[int, int], max_pixels: int, border_is_pet: bool = True
+                        ) -> np.ndarray:
+    """A boolean HxW mask from a PNG holding 0/255, 0/1 or an Oxford trimap (1 pet, 2 background, 3 border)."""
+    image = _load(_open(data, "ground_truth", max_pixels), "ground_truth")
+    if image.size != size:
+        raise ApiError(422, f"ground_truth is {image.size[0]}x{image.size[1]} but the image is "
+                            f"{size[0]}x{size[1]}; they must match")
+    if image.mode not in ("1", "L", "P", "I", "I;16"):
+        image = image.convert("L")
+    values = np.asarray(image)
+    if values.ndim != 2:
+        raise ApiError(422, "ground_truth must be a single-channel mask")
+    if values.dtype == bool:  # mode "1"
+        return values.copy()
+    present = set(np.unique(values).tolist())
+    if present <= {0, 255}:
+        return values > 0
+    if present <= {0, 1}:
+        return values == 1
+    if present <= {1, 2, 3}:
+        return (values == 1) | (border_is_pet & (values == 3))
+    shown = sorted(present)[:8]
+    raise ApiError(422, f"ground_truth is not a mask: expected values 0/255, 0/1 or trimap 1/2/3, found {shown}"
+                        f"{'...' if len(present) > 8 else ''}")
+
+
+def encode_png(array: np.ndarray, mode: str | None = None) -> bytes:
+    """Fast PNG: low zlib level, since masks compress well anyway and latency matters more than bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def render_output(kind: str, mask: np.ndarray, probability: np.ndarray, rgb: np.ndarray | None) -> bytes:
+    """PNG bytes for ``mask`` (0/255), ``probability`` (0..255), ``overlay`` (tinted RGB), ``cutout`` (RGBA)."""
+    if kind == "mask":
+        return encode_png(mask.astype(np.uint8) * 255)
+    if kind == "probability":
+        return encode_png((probability * 255.0 + 0.5).astype(np.uint8))
+    assert rgb is not None and rgb.shape[:2] == mask.shape, "overlay and cutout need the full-size image"
+    if kind == "overlay":
+        out = rgb.copy()
+        tint = np.array([255, 64, 64], dtype=np.uint16)
+        out[mask] = ((rgb[mask].astype(np.uint16) * 55 + tint * 45) // 100).astype(np.uint8)
+        return encode_png(out)
+    if kind == "cutout":
+        alpha = mask.astype(np.uint8) * 255
+        return encode_png(np.dstack([rgb, alpha]))
+    raise ValueError(f"unknown output {kind!r}")

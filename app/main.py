@@ -1,0 +1,108 @@
+"""The ASGI app: ``uvicorn app.main:app``. ``create_app(settings)`` builds one for tests with their own settings."""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from app import metrics
+from app.config import Settings, SettingsError, load_settings
+from app.errors import install_error_handlers
+from app.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestLogMiddleware, StartupErrorMiddleware
+from app.routes import health, segment
+from app.service import SegmentationService
+from models.checkpoint import CheckpointError
+from models.inference import Segmenter
+
+__all__ = ["app", "create_app"]
+
+log = logging.getLogger("app")
+STATIC = Path(__file__).resolve().parent / "static"
+DESCRIPTION = """Binary pet/background segmentation (Oxford-IIIT Pet) with UNet / ResNet34-UNet.
+
+`POST /segment` with a multipart `image` returns JSON with a base64 mask PNG, the foreground probability and,
+when a `ground_truth` mask is uploaded, the Dice score. Send `Accept: image/png` to get the PNG itself.
+"""
+
+
+def _load_service(settings: Settings) -> SegmentationService:
+    path = Path(settings.checkpoint)
+    if not path.is_file():
+        hint = " (the embedded default model is missing: reinstall, or set PETSEG_CHECKPOINT)" if \
+            path.name == "default.pt" else " (check PETSEG_CHECKPOINT)"
+        raise CheckpointError(f"checkpoint not found: {path}{hint}")
+    segmenter = Segmenter.from_file(path, device=settings.device, precision=settings.precision,
+                                    allow_untrained=settings.allow_untrained)
+    return SegmentationService(segmenter, settings)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state = app.state
+    state.ready, state.status = False, "loading model"
+    if state.settings is None:
+        raise RuntimeError(state.startup_error)
+    settings: Settings = state.settings
+    try:
+        service = await run_in_threadpool(_load_service, settings)
+    except (CheckpointError, ValueError, OSError) as exc:
+        state.startup_error = str(exc)
+        log.error("cannot start: %s", exc)
+        raise
+    state.service = service
+    state.status = "warming up"
+    await run_in_threadpool(service.segmenter.warmup)
+    info = service.segmenter.info
+    metrics.set_model_info(info.arch, info.device, info.precision, info.checkpoint_sha256 or "")
+    log.info("serving %s (epoch %d, %d parameters) on %s in %s from %s", info.arch, info.epoch, info.parameters,
+             info.device, info.precision, info.checkpoint_path)
+    state.ready, state.status = True, "ready"
+    try:
+        yield
+    finally:
+        state.ready, state.status = False, "shutting down"
+        await run_in_threadpool(service.close)
+        state.service = None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Without ``settings`` they are read from ``PETSEG_*``; invalid ones fail start-up."""
+    startup_error: str | None = None
+    if settings is None:
+        try:
+            settings = load_settings()
+        except SettingsError as exc:
+            startup_error = str(exc)
+    app = FastAPI(title="petseg", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.startup_error = startup_error
+    app.state.ready, app.state.status, app.state.service = False, "starting", None
+    install_error_handlers(app)
+    app.include_router(segment.router)
+    app.include_router(health.router)
+
+    @app.get("/", include_in_schema=False, response_model=None)
+    async def index() -> Response:
+        page = STATIC / "index.html"
+        return FileResponse(page) if page.is_file() else RedirectResponse("/docs")
+
+    # Added last = outermost: start-up summary, access log, API key, then the body limit closest to the app.
+    if settings is not None:
+        app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+        if settings.cors_origins:
+            app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                               allow_headers=["*"], expose_headers=["X-Foreground-Probability",
+                                                                    "X-Foreground-Fraction", "X-Dice"])
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(StartupErrorMiddleware, get_reason=lambda: app.state.startup_error)
+    return app
+
+
+app = create_app()

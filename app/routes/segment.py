@@ -1,0 +1,83 @@
+"""POST /segment: an image in; a mask, the foreground probability and (with ground truth) Dice out."""
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.responses import Response
+
+from app.deps import ServiceDep
+from app.schemas import ModelRef, SegmentResponse
+from app.service import SegmentResult
+
+router = APIRouter(tags=["segmentation"])
+
+PNG_EXAMPLE = {"description": "the requested rendering as a PNG, with the numbers in `X-*` headers",
+               "content": {"image/png": {}}}
+
+
+def wants_png(request: Request, format: str | None) -> bool:
+    if format is not None:
+        return format == "png"
+    accept = request.headers.get("accept", "")
+    if "image/png" not in accept:
+        return False
+    return "application/json" not in accept or accept.index("image/png") < accept.index("application/json")
+
+
+def png_response(result: SegmentResult, model: ModelRef) -> Response:
+    headers = {
+        "X-Foreground-Probability": f"{result.foreground_probability:.6f}",
+        "X-Foreground-Fraction": f"{result.foreground_fraction:.6f}",
+        "X-Image-Size": f"{result.width}x{result.height}",
+        "X-Threshold": f"{result.threshold:g}",
+        "X-Inference-Ms": f"{result.inference_ms:.1f}",
+        "X-Model": model.arch,
+    }
+    if result.dice is not None:
+        headers["X-Dice"] = f"{result.dice:.6f}"
+    return Response(result.output_png, media_type="image/png", headers=headers)
+
+
+@router.post(
+    "/segment",
+    response_model=SegmentResponse,
+    responses={200: PNG_EXAMPLE, 400: {"description": "empty, truncated or unreadable image"},
+               413: {"description": "body or image over the configured limits"},
+               415: {"description": "not an image format the service reads"},
+               422: {"description": "missing field, bad threshold, ground truth of the wrong size or not a mask"},
+               503: {"description": "model not ready or at capacity; see Retry-After"}},
+    summary="Segment the pet in an image",
+)
+async def segment(
+    request: Request,
+    service: ServiceDep,
+    image: Annotated[UploadFile, File(description="the photo: JPEG, PNG, WebP, BMP or TIFF, any mode; EXIF "
+                                                  "orientation is applied")],
+    ground_truth: Annotated[UploadFile | None, File(description="optional PNG mask (0/255, 0/1 or an Oxford "
+                                                               "trimap 1/2/3) of the image's size; adds Dice")] = None,
+    threshold: Annotated[float | None, Form(ge=0.0, le=1.0, description="probability above which a pixel is "
+                                                                     "pet; default from PETSEG_THRESHOLD",
+                                            examples=[0.5])] = None,
+    output: Annotated[Literal["mask", "probability", "overlay", "cutout"], Form(
+        description="mask (0/255), probability (8-bit map), overlay (image tinted where pet) or cutout "
+                    "(RGBA, background transparent)")] = "mask",
+    format: Annotated[Literal["json", "png"] | None, Query(
+        description="json or png; default from the Accept header (image/png gives the PNG itself)")] = None,
+) -> SegmentResponse | Response:
+    """Segment the pet: JSON with a base64 mask by default; the PNG itself with `Accept: image/png`."""
+    image_bytes = await image.read()
+    truth_bytes = await ground_truth.read() if ground_truth is not None else None
+    result = await service.segment(image_bytes, ground_truth=truth_bytes, threshold=threshold, output=output)
+    info = service.segmenter.info
+    model = ModelRef(arch=info.arch, checkpoint_sha256=info.checkpoint_sha256)
+    if wants_png(request, format):
+        return png_response(result, model)
+    return SegmentResponse(
+        width=result.width, height=result.height, threshold=result.threshold,
+        foreground_probability=result.foreground_probability, foreground_fraction=result.foreground_fraction,
+        dice=result.dice, mask_png=base64.b64encode(result.mask_png).decode(), output=result.output,
+        output_png=base64.b64encode(result.output_png).decode() if result.output != "mask" else None,
+        model=model, inference_ms=round(result.inference_ms, 2),
+    )

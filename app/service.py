@@ -1,0 +1,93 @@
+"""The segmentation use case: bytes in, mask and numbers out. No HTTP here; routes only translate."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from app.batching import BatchRunner
+from app.config import Settings
+from app.imaging import DecodedImage, decode_ground_truth, decode_image, render_output
+from models.inference import Segmenter
+
+__all__ = ["OUTPUTS", "SegmentResult", "SegmentationService"]
+
+Output = Literal["mask", "probability", "overlay", "cutout"]
+OUTPUTS: tuple[str, ...] = ("mask", "probability", "overlay", "cutout")
+
+
+@dataclass
+class SegmentResult:
+    width: int
+    height: int
+    threshold: float
+    foreground_probability: float
+    foreground_fraction: float
+    dice: float | None
+    mask_png: bytes
+    output: str
+    output_png: bytes
+    inference_ms: float
+
+
+class SegmentationService:
+    """Holds the loaded model and the batch runner; ``segment`` is safe to call concurrently."""
+
+    def __init__(self, segmenter: Segmenter, settings: Settings) -> None:
+        self.segmenter = segmenter
+        self.settings = settings
+        max_batch = settings.max_batch or (8 if segmenter.device.type == "cuda" else 1)
+        self.runner = BatchRunner(segmenter.forward, max_batch=max_batch, batch_wait_ms=settings.batch_wait_ms,
+                                  max_queue=settings.max_queue, on_batch=self._record_batch)
+        self.batch_sizes: list[int] = []
+
+    def _record_batch(self, size: int, seconds: float) -> None:
+        from app.metrics import observe_batch  # local import: metrics are optional for unit tests
+
+        observe_batch(size, seconds)
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def _prepare(self, image: bytes, ground_truth: bytes | None, output: str
+                 ) -> tuple[DecodedImage, object, np.ndarray | None]:
+        # Overlay and cutout paint on the full-size photo; mask and probability only need the model's size.
+        draft = None if output in ("overlay", "cutout") else self.segmenter.image_size
+        decoded = decode_image(image, max_pixels=self.settings.max_pixels, draft_size=draft)
+        truth = None
+        if ground_truth is not None:
+            truth = decode_ground_truth(ground_truth, size=(decoded.width, decoded.height),
+                                        max_pixels=self.settings.max_pixels,
+                                        border_is_pet=self.segmenter.checkpoint.border_is_pet)
+        return decoded, self.segmenter.preprocess(decoded.rgb), truth
+
+    def _finish(self, prob_small: np.ndarray, decoded: DecodedImage, truth: np.ndarray | None, threshold: float,
+                output: str) -> tuple[float, float, float | None, bytes, bytes]:
+        prob = self.segmenter.resize_probability(prob_small, (decoded.width, decoded.height))
+        mask = prob > threshold
+        fraction = float(mask.mean())
+        dice = None
+        if truth is not None:
+            inter = float(np.count_nonzero(mask & truth))
+            total = float(np.count_nonzero(mask)) + float(np.count_nonzero(truth))
+            dice = 2.0 * inter / total if total else 1.0
+        mask_png = render_output("mask", mask, prob, None)
+        output_png = mask_png
+        if output != "mask":
+            output_png = render_output(output, mask, prob, decoded.rgb if output in ("overlay", "cutout") else None)
+        return float(prob.mean()), fraction, dice, mask_png, output_png
+
+    async def segment(self, image: bytes, *, ground_truth: bytes | None = None, threshold: float | None = None,
+                      output: str = "mask") -> SegmentResult:
+        threshold = self.settings.threshold if threshold is None else threshold
+        decoded, tensor, truth = await run_in_threadpool(self._prepare, image, ground_truth, output)
+        started = time.perf_counter()
+        prob_small = await self.runner.submit(tensor, self.settings.request_timeout_s)  # type: ignore[arg-type]
+        inference_ms = (time.perf_counter() - started) * 1000.0
+        mean_prob, fraction, dice, mask_png, output_png = await run_in_threadpool(
+            self._finish, prob_small, decoded, truth, threshold, output)
+        return SegmentResult(decoded.width, decoded.height, threshold, mean_prob, fraction, dice, mask_png, output,
+                             output_png, inference_ms)

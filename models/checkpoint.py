@@ -1,0 +1,181 @@
+"""Checkpoint files: one ``torch.save`` dict of tensors and plain values, written atomically, read safely.
+
+Every read goes through ``torch.load(..., weights_only=True)``, which refuses to execute pickled code, so a
+malicious checkpoint is rejected instead of run. Writes go to a temporary file in the same folder, are fsynced and
+then renamed over the target, so a crash mid-write leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.registry import UnknownArchitectureError, build_model, canonical_arch_name
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Checkpoint",
+    "CheckpointError",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "file_sha256",
+    "load_checkpoint",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "petseg-checkpoint/1"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, unsafe, not ours, or for another architecture."""
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds. ``training_state`` (optimizer, scheduler, scaler, history) is optional."""
+
+    arch: str
+    model_state: dict[str, torch.Tensor]
+    image_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    border_is_pet: bool = True
+    epoch: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    training_state: dict[str, Any] | None = None
+    card: dict[str, Any] = field(default_factory=dict)
+
+    def build_model(self) -> nn.Module:
+        """Instantiate the architecture and load the weights (cast to fp32 if stored in half precision)."""
+        model = build_model(self.arch)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in self.model_state.items()}
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"weights do not fit architecture {self.arch!r}: {_first_line(exc)}") from None
+        return model
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "arch": self.arch,
+            "model_state": self.model_state,
+            "image_size": self.image_size,
+            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            "border_is_pet": self.border_is_pet,
+            "epoch": self.epoch,
+            "metrics": dict(self.metrics),
+            "config": dict(self.config),
+            "created_at": self.created_at,
+            "training_state": self.training_state,
+            "card": dict(self.card),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "checkpoint") -> Checkpoint:
+        if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{source} is not a petseg checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+        try:
+            arch = canonical_arch_name(str(raw["arch"]))
+            norm = raw.get("normalization") or {}
+            return cls(
+                arch=arch,
+                model_state=raw["model_state"],
+                image_size=int(raw["image_size"]),
+                mean=tuple(norm.get("mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
+                std=tuple(norm.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
+                border_is_pet=bool(raw.get("border_is_pet", True)),
+                epoch=int(raw.get("epoch", 0)),
+                metrics=dict(raw.get("metrics") or {}),
+                config=dict(raw.get("config") or {}),
+                created_at=str(raw.get("created_at", "")),
+                training_state=raw.get("training_state"),
+                card=dict(raw.get("card") or {}),
+            )
+        except (KeyError, TypeError, ValueError, UnknownArchitectureError) as exc:
+            raise CheckpointError(f"{source} is malformed: {exc}") from None
+
+    def half(self) -> Checkpoint:
+        """A copy with fp16 weights and no training state: half the size, for shipping."""
+        state = {k: v.half() if v.is_floating_point() else v for k, v in self.model_state.items()}
+        copy = Checkpoint(**{**self.__dict__, "model_state": state, "training_state": None})
+        return copy
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Path:
+    """Write atomically: temp file in the target folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(checkpoint.to_dict(), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o666 & ~_current_umask())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str], expected_arch: str | None = None) -> Checkpoint:
+    """Read a checkpoint without executing pickled code; optionally insist on an architecture."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(exc)}") from None
+    checkpoint = Checkpoint.from_dict(raw, source=str(path))
+    if expected_arch is not None and canonical_arch_name(expected_arch) != checkpoint.arch:
+        raise CheckpointError(
+            f"checkpoint {path} holds a {checkpoint.arch!r} model, not {canonical_arch_name(expected_arch)!r}"
+        )
+    return checkpoint
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

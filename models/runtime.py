@@ -1,0 +1,75 @@
+"""Device and precision choices shared by training and inference: check the hardware, never assume it."""
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+__all__ = ["PRECISIONS", "autocast", "cpu_supports_bf16", "resolve_device", "resolve_precision"]
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` takes the first GPU when there is one; ``cuda`` / ``cuda:N`` must exist."""
+    name = name.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+    elif device.type != "cpu":
+        raise ValueError(f"unsupported device {name!r}; expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512_BF16 or AMX), so bf16 autocast is a speed-up."""
+    flags = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="ignore").splitlines():
+            if line.startswith("flags"):
+                flags = line
+                break
+    native = any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+    mkldnn_ok = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+    return native and mkldnn_ok
+
+
+def resolve_precision(precision: str, device: torch.device, *, training: bool = False) -> str:
+    """Turn ``auto`` into the fastest correct dtype for the device; validate forced choices."""
+    precision = precision.strip().lower()
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if device.type == "cuda":
+        if precision == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return precision
+    if precision == "fp16":
+        raise ValueError("fp16 autocast is only offered on CUDA; use bf16 or fp32 on the CPU")
+    if precision == "auto":
+        # Training on the CPU stays fp32 unless asked (--amp bf16); inference takes bf16 where it is native.
+        return "bf16" if (not training and cpu_supports_bf16()) else "fp32"
+    return precision
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """``torch.autocast`` for bf16/fp16, a no-op for fp32."""
+    if precision == "fp32":
+        yield
+        return
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield

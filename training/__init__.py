@@ -1,0 +1,1 @@
+"""Offline training, evaluation and prediction for petseg on Oxford-IIIT Pet."""

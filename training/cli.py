@@ -1,0 +1,50 @@
+"""What every command-line entry point shares: logging, the report's flags, and errors as exit code 2."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from models.checkpoint import CheckpointError
+from models.registry import UnknownArchitectureError
+from training.images import DatasetFileError
+
+__all__ = ["add_common_flags", "run_cli", "setup_logging"]
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    CheckpointError, UnknownArchitectureError, DatasetFileError, FileNotFoundError, ValueError,
+)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by train, evaluate and predict (the report's spellings plus kebab-case twins)."""
+    parser.add_argument("--data_path", "--data-path", dest="data_path", default="dataset/oxford-iiit-pet",
+                        help="dataset root in the official Oxford-IIIT Pet layout")
+    parser.add_argument("--batch_size", "--batch-size", "-b", dest="batch_size", type=int, default=8)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def run_cli(main: Callable[[], int | None]) -> int:
+    """Run ``main``; turn user errors into one clear line on stderr and exit code 2, Ctrl-C into 130."""
+    try:
+        return int(main() or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        # Importing the download module is optional at this level; its errors are RuntimeErrors.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if type(exc).__name__ == "DownloadError":
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise

@@ -1,0 +1,38 @@
+"""One typed config per training run, defaulting to the lab report's recipe; saved inside every checkpoint."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["SCHEDULERS", "TrainConfig"]
+
+SCHEDULERS = ("none", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    data_path: str = "dataset/oxford-iiit-pet"
+    net: str = "unet"
+    epochs: int = 30
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    scheduler: str = "none"
+    warmup_epochs: float = 0.0
+    image_size: int = 256
+    augment: str = "report"
+    border_is_pet: bool = True
+    clip_grad_norm: float = 1.0
+    amp: str = "auto"
+    channels_last: bool = True
+    device: str = "auto"
+    workers: int = 2
+    seed: int = 42
+    out: str = "runs/unet"
+    resume: str | None = None
+    cache: bool = True
+    skip_bad: bool = False
+    limit: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,139 @@
+"""Oxford-IIIT Pet in its official layout: split files, samples, and a decode-once cache.
+
+Layout: ``images/NAME.jpg``, ``annotations/trimaps/NAME.png``, ``annotations/trainval.txt`` and
+``annotations/test.txt`` (lines ``NAME CLASS-ID SPECIES BREED-ID``; ``#`` lines are comments).
+Splits follow the lab's starter code: ``train`` = trainval lines whose index % 10 != 0, ``valid`` = index % 10 == 0,
+``test`` = test.txt.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from training.images import DatasetFileError, read_rgb, read_trimap, trimap_to_mask
+
+__all__ = ["SPLITS", "PetDataset", "Sample", "list_split", "validate_layout"]
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "valid", "test")
+_SPLIT_FILE = {"train": "trainval.txt", "valid": "trainval.txt", "test": "test.txt"}
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    image_path: Path
+    trimap_path: Path
+
+
+def validate_layout(root: Path, split: str) -> None:
+    """Fail early, naming what is missing, before any training starts."""
+    if not root.is_dir():
+        raise DatasetFileError(f"data folder not found: {root} (use --download to fetch the dataset)")
+    for sub in ("images", "annotations/trimaps", f"annotations/{_SPLIT_FILE[split]}"):
+        if not (root / sub).exists():
+            raise DatasetFileError(f"{root} is not in the Oxford-IIIT Pet layout: missing {sub}")
+
+
+def list_split(root: Path, split: str) -> list[Sample]:
+    """Names of a split, in file order, as samples with their image and trimap paths."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    validate_layout(root, split)
+    lines = (root / "annotations" / _SPLIT_FILE[split]).read_text().splitlines()
+    names = [line.split()[0] for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if split == "train":
+        names = [n for i, n in enumerate(names) if i % 10 != 0]
+    elif split == "valid":
+        names = [n for i, n in enumerate(names) if i % 10 == 0]
+    return [Sample(n, root / "images" / f"{n}.jpg", root / "annotations" / "trimaps" / f"{n}.png") for n in names]
+
+
+def load_sample(sample: Sample, border_is_pet: bool, size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one image and its mask; resize both to ``size`` x ``size`` when given (mask: nearest)."""
+    image = read_rgb(sample.image_path)
+    mask = trimap_to_mask(read_trimap(sample.trimap_path), border_is_pet)
+    if image.shape[:2] != mask.shape:
+        raise DatasetFileError(
+            f"trimap {sample.trimap_path} is {mask.shape[1]}x{mask.shape[0]} but image "
+            f"{sample.image_path} is {image.shape[1]}x{image.shape[0]}"
+        )
+    if size is not None:
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return image, mask
+
+
+class PetDataset(Dataset[dict[str, Any]]):
+    """Samples of one split as ``{"image": float (3,H,W), "mask": float (1,H,W), "name": str}``.
+
+    With ``cache=True`` every image is decoded and resized to ``image_size`` once, up front, so epochs only pay
+    for augmentation. With ``skip_bad=True`` unreadable samples are reported and dropped instead of raising.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        transform: Callable[..., dict[str, Any]] | None = None,
+        *,
+        image_size: int = 256,
+        border_is_pet: bool = True,
+        cache: bool = True,
+        skip_bad: bool = False,
+        progress: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.transform = transform
+        self.image_size = image_size
+        self.border_is_pet = border_is_pet
+        self.samples = list_split(self.root, split)
+        self.skipped: list[str] = []
+        self._cache: list[tuple[np.ndarray, np.ndarray]] | None = None
+        if skip_bad:
+            self._drop_bad_samples(progress)
+        if cache:
+            self._cache = [
+                load_sample(s, border_is_pet, image_size)
+                for s in tqdm(self.samples, desc=f"decode {split}", unit="img", disable=not progress, leave=False)
+            ]
+
+    def _drop_bad_samples(self, progress: bool) -> None:
+        good: list[Sample] = []
+        for sample in tqdm(self.samples, desc=f"check {self.split}", unit="img", disable=not progress, leave=False):
+            try:
+                load_sample(sample, self.border_is_pet, None)
+            except DatasetFileError as exc:
+                self.skipped.append(str(exc))
+                continue
+            good.append(sample)
+        for problem in self.skipped:
+            log.warning("skipping bad sample: %s", problem)
+        if self.skipped:
+            log.warning("%s: skipped %d of %d samples", self.split, len(self.skipped), len(self.samples))
+        self.samples = good
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self._cache is not None:
+            image, mask = self._cache[index]
+        else:
+            image, mask = load_sample(self.samples[index], self.border_is_pet, self.image_size)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+        mask_t = torch.from_numpy(np.ascontiguousarray(mask)).float().unsqueeze(0)
+        return {"image": image_t, "mask": mask_t, "name": self.samples[index].name}

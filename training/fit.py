@@ -1,0 +1,215 @@
+"""Build everything a run needs from a TrainConfig, resume if asked, and run the epochs."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+from torch.utils.data.distributed import DistributedSampler
+
+from models import build_model
+from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from models.registry import canonical_arch_name
+from models.runtime import resolve_device, resolve_precision
+from training.config import SCHEDULERS, TrainConfig
+from training.data import PetDataset
+from training.distributed import DistInfo, cleanup_distributed, gather_result, init_distributed
+from training.losses import BCEDiceLoss
+from training.loop import EpochResult, StepContext, evaluate_epoch, train_one_epoch
+from training.plots import plot_history
+from training.transforms import build_transform
+
+__all__ = ["FitResult", "fit", "seed_everything"]
+
+log = logging.getLogger(__name__)
+HISTORY_KEYS = ("epoch", "train_loss", "train_dice", "val_loss", "val_dice", "val_iou", "val_dice_micro", "lr",
+                "seconds")
+
+
+@dataclass
+class FitResult:
+    out_dir: Path
+    best_dice: float
+    best_epoch: int
+    last_epoch: int
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _make_loaders(config: TrainConfig, device: torch.device, info: DistInfo, progress: bool
+                  ) -> tuple[DataLoader, DataLoader, DistributedSampler | None]:
+    common: dict[str, Any] = {"image_size": config.image_size, "border_is_pet": config.border_is_pet,
+                              "cache": config.cache, "skip_bad": config.skip_bad, "progress": progress}
+    train_set: Any = PetDataset(config.data_path, "train", build_transform(config.augment, config.image_size), **common)
+    valid_set: Any = PetDataset(config.data_path, "valid", build_transform("none", config.image_size), **common)
+    if config.limit:
+        train_set = Subset(train_set, range(min(config.limit, len(train_set))))
+        valid_set = Subset(valid_set, range(min(config.limit, len(valid_set))))
+    if len(train_set) == 0 or len(valid_set) == 0:
+        raise ValueError(f"{config.data_path}: the train and valid splits need at least one image each "
+                         f"(got {len(train_set)} and {len(valid_set)})")
+    log.info("data: %d train / %d valid images from %s", len(train_set), len(valid_set), config.data_path)
+    generator = torch.Generator().manual_seed(config.seed)
+    train_sampler = DistributedSampler(train_set, shuffle=True, seed=config.seed) if info.enabled else None
+    valid_sampler = DistributedSampler(valid_set, shuffle=False) if info.enabled else None
+    loader_args: dict[str, Any] = {"num_workers": config.workers, "pin_memory": device.type == "cuda",
+                                   "worker_init_fn": _seed_worker, "persistent_workers": config.workers > 0}
+    train_loader = DataLoader(train_set, config.batch_size, shuffle=train_sampler is None, sampler=train_sampler,
+                              drop_last=len(train_set) > config.batch_size, generator=generator, **loader_args)
+    valid_loader = DataLoader(valid_set, config.batch_size, shuffle=False, sampler=valid_sampler, **loader_args)
+    return train_loader, valid_loader, train_sampler
+
+
+def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+                    ) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Per-step cosine decay with optional linear warm-up; ``none`` keeps the report's constant rate."""
+    if config.scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {config.scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
+    if config.scheduler == "none":
+        return None
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _epoch_metrics(train: EpochResult, valid: EpochResult) -> dict[str, float]:
+    v = valid.metrics.summary()
+    return {"train_loss": train.loss, "train_dice": train.metrics.summary()["dice"], "val_loss": valid.loss,
+            "val_dice": v["dice"], "val_iou": v["iou"], "val_dice_micro": v["dice_micro"],
+            "val_iou_micro": v["iou_micro"]}
+
+
+def fit(config: TrainConfig, *, progress: bool = True) -> FitResult:
+    """Train ``config.net`` on ``config.data_path``; write best.pt, last.pt, history.json and curves.png."""
+    config.net = canonical_arch_name(config.net)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.amp, device, training=True)
+    info = init_distributed(device)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    try:
+        return _fit(config, device, precision, info, progress and info.is_main)
+    finally:
+        cleanup_distributed(info)
+
+
+def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistInfo, progress: bool) -> FitResult:
+    seed_everything(config.seed + info.rank)
+    out_dir = Path(config.out)
+    resume = load_checkpoint(config.resume, expected_arch=config.net) if config.resume else None
+    if resume is not None and resume.image_size != config.image_size:
+        log.warning("resuming at the checkpoint's image size %d (not %d)", resume.image_size, config.image_size)
+        config.image_size = resume.image_size
+    train_loader, valid_loader, train_sampler = _make_loaders(config, device, info, progress)
+
+    model: nn.Module = build_model(config.net) if resume is None else resume.build_model()
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    core = model
+    if info.enabled:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.Adam(core.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = _make_scheduler(config, optimizer, len(train_loader))
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
+    best_dice, best_epoch, start_epoch = -1.0, 0, 1
+    if resume is not None:
+        start_epoch = resume.epoch + 1
+        state = resume.training_state or {}
+        _restore(state, optimizer, scheduler, scaler)
+        history.update({k: list(v) for k, v in (state.get("history") or {}).items()})
+        best_dice = float(state.get("best_dice", resume.metrics.get("val_dice", -1.0)))
+        best_epoch = int(state.get("best_epoch", resume.epoch))
+        log.info("resumed %s at epoch %d (best valid Dice %.4f at epoch %d)", config.resume, resume.epoch,
+                 best_dice, best_epoch)
+    if start_epoch > config.epochs:
+        log.info("nothing to do: the checkpoint already reached epoch %d of %d", start_epoch - 1, config.epochs)
+
+    ctx = StepContext(device, precision, config.channels_last, BCEDiceLoss(), optimizer, scaler, scheduler,
+                      config.clip_grad_norm, progress)
+    if info.is_main:
+        log.info("training %s on %s (%s, channels_last=%s) for epochs %d..%d -> %s", config.net, device, precision,
+                 config.channels_last, start_epoch, config.epochs, out_dir)
+    reduce = (lambda r: gather_result(r, info)) if info.enabled else None
+    for epoch in range(start_epoch, config.epochs + 1):
+        started = time.perf_counter()
+        if train_sampler is not None:
+            train_sampler.set_epoch(epoch)
+        train = train_one_epoch(model, train_loader, ctx, desc=f"epoch {epoch}/{config.epochs}", reduce=reduce)
+        valid = evaluate_epoch(model, valid_loader, ctx, reduce=reduce)
+        metrics = _epoch_metrics(train, valid)
+        seconds = time.perf_counter() - started
+        lr = optimizer.param_groups[0]["lr"]
+        for key, value in {"epoch": epoch, **metrics, "lr": lr, "seconds": seconds}.items():
+            if key in history:
+                history[key].append(float(value))
+        improved = metrics["val_dice"] > best_dice
+        if improved:
+            best_dice, best_epoch = metrics["val_dice"], epoch
+        if info.is_main:
+            log.info("epoch %d/%d  train loss %.4f dice %.4f | valid loss %.4f dice %.4f iou %.4f | lr %.2e | %.1fs%s",
+                     epoch, config.epochs, metrics["train_loss"], metrics["train_dice"], metrics["val_loss"],
+                     metrics["val_dice"], metrics["val_iou"], lr, seconds, "  * best" if improved else "")
+            state = {"optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict() if scheduler else None,
+                     "scaler": scaler.state_dict() if scaler else None,
+                     "history": history, "best_dice": best_dice, "best_epoch": best_epoch}
+            checkpoint = Checkpoint(arch=config.net, model_state=core.state_dict(), image_size=config.image_size,
+                                    border_is_pet=config.border_is_pet, epoch=epoch, metrics=metrics,
+                                    config=config.to_dict(), training_state=state)
+            save_checkpoint(checkpoint, out_dir / "last.pt")
+            if improved:
+                save_checkpoint(checkpoint, out_dir / "best.pt")
+            _write_history(history, out_dir)
+    return FitResult(out_dir, best_dice, best_epoch, max([0, *map(int, history["epoch"])]), history)
+
+
+def _restore(state: dict[str, Any], optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler | None, scaler: torch.amp.GradScaler | None) -> None:
+    try:
+        if state.get("optimizer"):
+            optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot resume the optimizer state: {exc}") from None
+
+
+def _write_history(history: dict[str, list[float]], out_dir: Path) -> None:
+    tmp = out_dir / "history.json.tmp"
+    tmp.write_text(json.dumps(history, indent=1))
+    os.replace(tmp, out_dir / "history.json")
+    plot_history(history, out_dir / "curves.png")

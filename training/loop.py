@@ -1,0 +1,100 @@
+"""One epoch of training and one pass of evaluation. The loop order matters and is commented."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from models.runtime import autocast
+from training.metrics import SegmentationMetrics
+
+__all__ = ["EpochResult", "StepContext", "evaluate_epoch", "train_one_epoch"]
+
+
+@dataclass
+class StepContext:
+    """Everything a step needs besides the batch: device, precision, layout, loss, optimisation."""
+
+    device: torch.device
+    precision: str
+    channels_last: bool
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer | None = None
+    scaler: torch.amp.GradScaler | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    clip_grad_norm: float = 0.0
+    progress: bool = True
+
+    def to_device(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        non_blocking = self.device.type == "cuda"
+        images = batch["image"].to(self.device, non_blocking=non_blocking)
+        masks = batch["mask"].to(self.device, non_blocking=non_blocking)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, masks
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    metrics: SegmentationMetrics
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, Any]], ctx: StepContext, desc: str = "train",
+                    reduce: Callable[[EpochResult], EpochResult] | None = None) -> EpochResult:
+    """Forward, backward, clip, step, per batch; loss averaged per image over the epoch."""
+    assert ctx.optimizer is not None, "training needs an optimizer"
+    model.train()
+    metrics = SegmentationMetrics()
+    loss_sum, seen = 0.0, 0
+    bar = tqdm(loader, desc=desc, unit="batch", disable=not ctx.progress, leave=False)
+    for batch in bar:
+        images, masks = ctx.to_device(batch)
+        with autocast(ctx.device, ctx.precision):
+            logits = model(images)
+        loss = ctx.criterion(logits, masks)  # the loss casts to fp32 itself
+        ctx.optimizer.zero_grad(set_to_none=True)
+        if ctx.scaler is not None:
+            ctx.scaler.scale(loss).backward()
+            ctx.scaler.unscale_(ctx.optimizer)  # clip true gradients, not scaled ones
+        else:
+            loss.backward()
+        if ctx.clip_grad_norm > 0:  # after backward, before step (the report clipped stale gradients)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.clip_grad_norm)
+        if ctx.scaler is not None:
+            ctx.scaler.step(ctx.optimizer)
+            ctx.scaler.update()
+        else:
+            ctx.optimizer.step()
+        if ctx.scheduler is not None:
+            ctx.scheduler.step()  # per-step schedule
+        batch_size = images.shape[0]
+        loss_sum += float(loss.detach()) * batch_size
+        seen += batch_size
+        metrics.update(logits.detach() > 0, masks > 0.5, list(batch["name"]))
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+    result = EpochResult(loss_sum / max(seen, 1), metrics)
+    return reduce(result) if reduce else result
+
+
+@torch.inference_mode()
+def evaluate_epoch(model: nn.Module, loader: Iterable[dict[str, Any]], ctx: StepContext, desc: str = "valid",
+                   reduce: Callable[[EpochResult], EpochResult] | None = None) -> EpochResult:
+    """Loss and Dice/IoU over a whole split at the training resolution."""
+    model.eval()
+    metrics = SegmentationMetrics()
+    loss_sum, seen = 0.0, 0
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not ctx.progress, leave=False):
+        images, masks = ctx.to_device(batch)
+        with autocast(ctx.device, ctx.precision):
+            logits = model(images)
+        loss = ctx.criterion(logits, masks)
+        loss_sum += float(loss) * images.shape[0]
+        seen += images.shape[0]
+        metrics.update(logits > 0, masks > 0.5, list(batch["name"]))
+    result = EpochResult(loss_sum / max(seen, 1), metrics)
+    return reduce(result) if reduce else result

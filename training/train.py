@@ -1,0 +1,106 @@
+"""Train UNet or ResNet34_UNet on Oxford-IIIT Pet.
+
+    python -m training.train --data_path dataset/oxford-iiit-pet --download -n unet -e 30 -b 8
+    python -m training.train --data_path ... -n resnet34_unet --amp bf16 --scheduler cosine --out runs/r34
+    python -m training.train --data_path ... --model runs/r34/last.pt -e 60     # resume up to epoch 60
+    torchrun --nproc_per_node 2 -m training.train ...                          # DistributedDataParallel
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from models.registry import canonical_arch_name
+from training.cli import add_common_flags, run_cli, setup_logging
+from training.config import SCHEDULERS, TrainConfig
+from training.transforms import AUGMENTATIONS
+
+log = logging.getLogger("training.train")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def architecture(text: str) -> str:
+    try:
+        return canonical_arch_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(prog="petseg-train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_flags(p)
+    p.add_argument("--epochs", "-e", type=positive_int, default=d.epochs, help="train up to this epoch")
+    p.add_argument("--learning-rate", "--learning_rate", "-lr", dest="learning_rate", type=positive_float,
+                   default=d.learning_rate)
+    p.add_argument("--net", "-n", type=architecture, default=d.net, help="unet or resnet34_unet")
+    p.add_argument("--model", default=None, help="checkpoint to resume from (weights, optimizer, schedule, epoch)")
+    p.add_argument("--image-size", "--image_size", dest="image_size", type=positive_int, default=d.image_size)
+    p.add_argument("--out", default=None, help="output folder (default runs/<net>)")
+    p.add_argument("--amp", choices=("auto", "fp32", "bf16", "fp16"), default=d.amp,
+                   help="autocast: auto = bf16/fp16 on CUDA, fp32 on CPU; bf16 is fast on AMX CPUs")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler)
+    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--clip-grad", type=float, default=d.clip_grad_norm, help="max grad norm; 0 disables")
+    p.add_argument("--augment", choices=AUGMENTATIONS, default=d.augment)
+    p.add_argument("--border", choices=("pet", "background"), default="pet",
+                   help="what the trimap's border pixels count as (the report: pet)")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--no-cache", dest="cache", action="store_false", help="decode images every epoch")
+    p.add_argument("--skip-bad", action="store_true", help="report and skip unreadable samples instead of failing")
+    p.add_argument("--limit", type=positive_int, default=None, help="use only the first N images of each split")
+    p.add_argument("--download", action="store_true", help="fetch the official archives into --data_path first")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        data_path=args.data_path, net=args.net, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, weight_decay=args.weight_decay, scheduler=args.scheduler,
+        warmup_epochs=args.warmup_epochs, image_size=args.image_size, augment=args.augment,
+        border_is_pet=args.border == "pet", clip_grad_norm=args.clip_grad, amp=args.amp,
+        channels_last=args.channels_last, device=args.device, workers=args.workers, seed=args.seed,
+        out=args.out or f"runs/{args.net}", resume=args.model, cache=args.cache, skip_bad=args.skip_bad,
+        limit=args.limit,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+
+    def run() -> int:
+        if args.download:
+            from training.download import download_dataset
+
+            download_dataset(Path(args.data_path))
+        from training.fit import fit
+
+        result = fit(config_from_args(args), progress=sys.stderr.isatty())
+        log.info("done: best valid Dice %.4f at epoch %d; checkpoints in %s", result.best_dice, result.best_epoch,
+                 result.out_dir)
+        return 0
+
+    return run_cli(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
