@@ -8,12 +8,13 @@ from collections.abc import Callable
 
 from models.checkpoint import CheckpointError
 from models.registry import UnknownArchitectureError
+from training.download import DownloadError
 from training.images import DatasetFileError
 
 __all__ = ["add_common_flags", "run_cli", "setup_logging"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    CheckpointError, UnknownArchitectureError, DatasetFileError, FileNotFoundError, ValueError,
+    CheckpointError, UnknownArchitectureError, DatasetFileError, DownloadError, FileNotFoundError, ValueError,
 )
 
 
@@ -40,11 +41,5 @@ def run_cli(main: Callable[[], int | None]) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as exc:
-        # Importing the download module is optional at this level; its errors are RuntimeErrors.
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
-        if type(exc).__name__ == "DownloadError":
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise

@@ -100,28 +100,40 @@ class PetDataset(Dataset[dict[str, Any]]):
         self.samples = list_split(self.root, split)
         self.skipped: list[str] = []
         self._cache: list[tuple[np.ndarray, np.ndarray]] | None = None
-        if skip_bad:
-            self._drop_bad_samples(progress)
+        self.skip_bad = skip_bad
         if cache:
-            self._cache = [
-                load_sample(s, border_is_pet, image_size)
-                for s in tqdm(self.samples, desc=f"decode {split}", unit="img", disable=not progress, leave=False)
-            ]
+            self._decode_all(progress)
+        elif skip_bad:
+            self._decode_all(progress, keep=False)
 
-    def _drop_bad_samples(self, progress: bool) -> None:
+    def _decode_all(self, progress: bool, keep: bool = True) -> None:
+        """Decode every sample once; collect every bad file rather than stopping at the first."""
+        size = self.image_size if keep else None
         good: list[Sample] = []
-        for sample in tqdm(self.samples, desc=f"check {self.split}", unit="img", disable=not progress, leave=False):
+        cache: list[tuple[np.ndarray, np.ndarray]] = []
+        problems: list[str] = []
+        for sample in tqdm(self.samples, desc=f"decode {self.split}", unit="img", disable=not progress,
+                           leave=False):
             try:
-                load_sample(sample, self.border_is_pet, None)
+                decoded = load_sample(sample, self.border_is_pet, size)
             except DatasetFileError as exc:
-                self.skipped.append(str(exc))
+                problems.append(str(exc))
                 continue
             good.append(sample)
-        for problem in self.skipped:
+            if keep:
+                cache.append(decoded)
+        if problems and not self.skip_bad:
+            shown = "\n  ".join(problems[:20])
+            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            raise DatasetFileError(f"{len(problems)} bad file(s) in split {self.split!r} "
+                                   f"(use --skip-bad to train on the rest):\n  {shown}{more}")
+        for problem in problems:
             log.warning("skipping bad sample: %s", problem)
-        if self.skipped:
-            log.warning("%s: skipped %d of %d samples", self.split, len(self.skipped), len(self.samples))
+        if problems:
+            log.warning("%s: skipped %d of %d samples", self.split, len(problems), len(self.samples))
+        self.skipped = problems
         self.samples = good
+        self._cache = cache if keep else None
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", "--learning_rate", "-lr", dest="learning_rate", type=positive_float,
                    default=d.learning_rate)
     p.add_argument("--net", "-n", type=architecture, default=d.net, help="unet or resnet34_unet")
-    p.add_argument("--model", default=None, help="checkpoint to resume from (weights, optimizer, schedule, epoch)")
+    p.add_argument("--model", default=None,
+                   help="checkpoint to resume from (weights, optimizer, schedule, epoch, history); "
+                        "'last' or 'best' mean that file in --out")
     p.add_argument("--image-size", "--image_size", dest="image_size", type=positive_int, default=d.image_size)
     p.add_argument("--out", default=None, help="output folder (default runs/<net>)")
     p.add_argument("--amp", choices=("auto", "fp32", "bf16", "fp16"), default=d.amp,
@@ -72,13 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    out = args.out or f"runs/{args.net}"
+    resume = str(Path(out) / f"{args.model}.pt") if args.model in ("last", "best") else args.model
     return TrainConfig(
         data_path=args.data_path, net=args.net, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, weight_decay=args.weight_decay, scheduler=args.scheduler,
         warmup_epochs=args.warmup_epochs, image_size=args.image_size, augment=args.augment,
         border_is_pet=args.border == "pet", clip_grad_norm=args.clip_grad, amp=args.amp,
         channels_last=args.channels_last, device=args.device, workers=args.workers, seed=args.seed,
-        out=args.out or f"runs/{args.net}", resume=args.model, cache=args.cache, skip_bad=args.skip_bad,
+        out=out, resume=resume, cache=args.cache, skip_bad=args.skip_bad,
         limit=args.limit,
     )
 

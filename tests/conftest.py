@@ -1,0 +1,44 @@
+"""Shared fixtures: a synthetic dataset, a small real checkpoint, and the app built on it."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.factories import SAMPLE_DATA, make_checkpoint, make_pet_dataset
+
+
+@pytest.fixture(scope="session")
+def pet_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 trainval + 4 test images in the official layout, quirks included. Read-only by convention."""
+    return make_pet_dataset(tmp_path_factory.mktemp("pets") / "oxford-iiit-pet")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", image_size=64)
+
+
+@pytest.fixture(scope="session")
+def sample_data() -> Path:
+    if not (SAMPLE_DATA / "annotations" / "trainval.txt").is_file():
+        pytest.skip(f"the real Oxford-IIIT Pet sample is absent ({SAMPLE_DATA})")
+    return SAMPLE_DATA
+
+
+@pytest.fixture
+def settings(tiny_checkpoint: Path):
+    from app.config import Settings
+
+    return Settings(checkpoint=tiny_checkpoint, device="cpu", max_upload_bytes=5_000_000, max_pixels=20_000_000,
+                    _env_file=None)
+
+
+@pytest.fixture
+def client(settings) -> Iterator[TestClient]:
+    from app.main import create_app
+
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
