@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     level = (args.log_level or settings.log_level).lower()
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers, log_level=level,
-                timeout_graceful_shutdown=30)
+                timeout_graceful_shutdown=30, access_log=False)  # app.access logs richer lines
     return 0
 
 
