@@ -74,11 +74,20 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def _orientation(image: Image.Image, field: str) -> int:
+    """EXIF orientation (1 = upright); reading it can hit the truncated end of a file."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ApiError(400, f"{field} is truncated or corrupt: {exc}") from None
+    return value if isinstance(value, int) else 1
+
+
 def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None, field: str = "image"
                  ) -> DecodedImage:
     """Decode an upload. With ``draft_size``, JPEGs decode at the smallest DCT scale still >= that size."""
     image = _open(data, field, max_pixels)
-    orientation = image.getexif().get(0x0112, 1) if hasattr(image, "getexif") else 1
+    orientation = _orientation(image, field)
     width, height = image.size
     if orientation in _ORIENTATION_SWAPS_AXES:
         width, height = height, width
