@@ -36,7 +36,7 @@ def _open(data: bytes, field: str, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ApiError(415, f"{field} is not an image format this service reads "
+        raise ApiError(415, f"{field}: not an image format this service reads "
                             f"(send JPEG, PNG, WebP, BMP or TIFF)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ApiError(400, f"{field} could not be read: {exc}") from None

@@ -92,14 +92,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         page = STATIC / "index.html"
         return FileResponse(page) if page.is_file() else RedirectResponse("/docs")
 
-    # Added last = outermost: start-up summary, access log, API key, then the body limit closest to the app.
+    # Added last = outermost: start-up summary, access log, CORS (so even a 401 carries its headers), API key,
+    # then the body limit closest to the app.
     if settings is not None:
         app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
         if settings.cors_origins:
             app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                                allow_headers=["*"], expose_headers=["X-Foreground-Probability",
                                                                     "X-Foreground-Fraction", "X-Dice"])
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     app.add_middleware(RequestLogMiddleware)
     app.add_middleware(StartupErrorMiddleware, get_reason=lambda: app.state.startup_error)
     return app

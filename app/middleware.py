@@ -123,16 +123,18 @@ class BodyLimitMiddleware:
 
 
 class ApiKeyMiddleware:
-    """When a key is configured, every path but /health needs ``X-API-Key`` or ``Authorization: Bearer``."""
+    """When a key is configured, every path but /health and the page at / (which asks for the key) needs
+    ``X-API-Key`` or ``Authorization: Bearer``. CORS preflights pass: they carry no credentials by design."""
 
-    OPEN_PATHS = frozenset({"/health"})
+    OPEN_PATHS = frozenset({"/health", "/"})
 
     def __init__(self, app: ASGIApp, api_key: str | None) -> None:
         self.app = app
         self.api_key = api_key.encode() if api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.api_key is None or scope["type"] != "http" or scope["path"] in self.OPEN_PATHS:
+        if (self.api_key is None or scope["type"] != "http" or scope["path"] in self.OPEN_PATHS
+                or scope["method"] == "OPTIONS"):
             await self.app(scope, receive, send)
             return
         offered = _header(scope, b"x-api-key")

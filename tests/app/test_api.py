@@ -295,3 +295,42 @@ def test_metrics_count_requests(client: TestClient) -> None:
 def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
     assert client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
     assert len(client.get("/health").headers["x-request-id"]) == 32
+
+
+# ---- API key and CORS ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def keyed_client(tiny_checkpoint: Path):
+    settings = Settings(checkpoint=tiny_checkpoint, device="cpu", api_key="s3cret",
+                        cors_origins=["http://good.example"], _env_file=None)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def test_api_key_is_required_except_for_health_and_the_page(keyed_client: TestClient) -> None:
+    refused = keyed_client.post("/segment", files=upload(jpeg_bytes(IMAGE)))
+    assert refused.status_code == 401 and "API key" in refused.json()["detail"]
+    assert keyed_client.get("/model", headers={"X-API-Key": "wrong"}).status_code == 401
+    assert keyed_client.get("/health").status_code == 200
+    assert keyed_client.get("/").status_code == 200
+
+
+def test_api_key_in_header_or_bearer_token(keyed_client: TestClient) -> None:
+    assert keyed_client.get("/model", headers={"X-API-Key": "s3cret"}).status_code == 200
+    assert keyed_client.get("/model", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_cors_is_closed_by_default(client: TestClient) -> None:
+    response = client.get("/health", headers={"Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_cors_preflight_and_401_carry_headers_for_a_configured_origin(keyed_client: TestClient) -> None:
+    preflight = keyed_client.options("/segment", headers={"Origin": "http://good.example",
+                                                          "Access-Control-Request-Method": "POST",
+                                                          "Access-Control-Request-Headers": "x-api-key"})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "http://good.example"
+    refused = keyed_client.get("/model", headers={"Origin": "http://good.example"})
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == "http://good.example"

@@ -1,6 +1,8 @@
-"""The ``petseg segment`` client against the real app (in-process) and against nothing at all."""
+"""``petseg segment``: the client against the real app in-process (a TestClient is an httpx.Client), and
+against nothing at all."""
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -8,61 +10,135 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.client import main
+from app.client import build_parser, main
 from tests.factories import blob_image, jpeg_bytes, png_bytes
-from tests.server import free_port
+
+SIZES = [(80, 60), (50, 70)]
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
 def photos(tmp_path: Path) -> list[Path]:
+    folder = tmp_path / "photos"
+    folder.mkdir()
     paths = []
-    for i, (w, h) in enumerate([(80, 60), (50, 70)]):
-        path = tmp_path / f"pet{i}.jpg"
+    for i, (w, h) in enumerate(SIZES):
+        path = folder / f"pet{i}.jpg"
         path.write_bytes(jpeg_bytes(blob_image(w, h, seed=i)[0]))
         paths.append(path)
     return paths
 
 
-def test_client_writes_masks_and_prints_a_table(client: TestClient, photos: list[Path], tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def table(out: str) -> list[list[str]]:
+    return [line.split() for line in out.strip().splitlines()]
+
+
+def test_writes_masks_of_the_images_size_and_prints_a_table(client: TestClient, photos: list[Path],
+                                                            tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "masks"
-    code = main(["segment", *map(str, photos), "--out", str(out), "--overlay"], client=client)
-    assert code == 0
-    for photo in photos:
+    assert main(["segment", *map(str, photos), "--out", str(out), "--overlay"], client=client) == 0
+    for photo, size in zip(photos, SIZES, strict=True):
         mask = Image.open(out / f"{photo.stem}_mask.png")
-        assert mask.size == Image.open(photo).size
-        assert (out / f"{photo.stem}_overlay.png").is_file()
-    table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["file", "size", "foreground", "dice"]
-    assert table[1].split()[:2] == ["pet0.jpg", "80x60"] and table[1].split()[-1] == "-"
+        assert mask.size == size and mask.mode == "L"
+        assert set(np.unique(np.asarray(mask))) <= {0, 255}
+        overlay = Image.open(out / f"{photo.stem}_overlay.png")
+        assert overlay.size == size
+    captured = capsys.readouterr()
+    rows = table(captured.out)
+    assert rows[0] == ["file", "size", "foreground", "dice"]
+    assert [row[1] for row in rows[1:]] == ["80x60", "50x70"]
+    assert [Path(row[0]).name for row in rows[1:]] == ["pet0.jpg", "pet1.jpg"]
+    assert all(row[2].endswith("%") and row[3] == "-" for row in rows[1:])
+    lines = captured.out.strip().splitlines()
+    assert len({len(line) for line in lines}) == 1, "columns are aligned (numbers right-aligned)"
 
 
-def test_client_fills_dice_with_a_ground_truth(client: TestClient, photos: list[Path], tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
-    main(["segment", str(photos[0]), "--out", str(tmp_path / "a")], client=client)
-    mask = np.asarray(Image.open(tmp_path / "a" / "pet0_mask.png"))
-    truth = tmp_path / "truth.png"
-    truth.write_bytes(png_bytes(mask))
+def test_masks_go_next_to_the_images_by_default(client: TestClient, photos: list[Path]) -> None:
+    assert main(["segment", str(photos[0])], client=client) == 0
+    assert Image.open(photos[0].with_name("pet0_mask.png")).size == SIZES[0]
+    assert not photos[0].with_name("pet0_overlay.png").exists()
+
+
+def test_ground_truth_fills_the_dice_column(client: TestClient, photos: list[Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    first = tmp_path / "first"
+    assert main(["segment", *map(str, photos), "--out", str(first)], client=client) == 0
+    truths = []
+    for photo in photos:  # the service's own masks as ground truth: Dice 1
+        truth = tmp_path / "truths" / f"{photo.stem}.png"
+        truth.parent.mkdir(exist_ok=True)
+        truth.write_bytes(png_bytes(np.asarray(Image.open(first / f"{photo.stem}_mask.png"))))
+        truths.append(truth)
     capsys.readouterr()
-    assert main(["segment", str(photos[0]), "--ground-truth", str(truth), "--out", str(tmp_path / "b")],
-                client=client) == 0
-    assert capsys.readouterr().out.splitlines()[1].split()[-1] == "1.000"
+
+    assert main(["segment", *map(str, photos), "--ground-truth", *map(str, truths),
+                 "--out", str(tmp_path / "a")], client=client) == 0
+    assert [row[3] for row in table(capsys.readouterr().out)[1:]] == ["1.000", "1.000"]
+
+    # A folder: ground truths share the image's stem; an image without one gets '-'.
+    truths[1].unlink()
+    assert main(["segment", *map(str, photos), "--ground-truth", str(truths[0].parent), "--out",
+                 str(tmp_path / "b")], client=client) == 0
+    assert [row[3] for row in table(capsys.readouterr().out)[1:]] == ["1.000", "-"]
 
 
-def test_client_unreachable_service_exits_2(photos: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
+def test_threshold_is_sent(client: TestClient, photos: list[Path],
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["segment", str(photos[0]), "--threshold", "0"], client=client) == 0
+    assert table(capsys.readouterr().out)[1][2] == "100.0%"
+    assert main(["segment", str(photos[0]), "--threshold", "1"], client=client) == 0
+    assert table(capsys.readouterr().out)[1][2] == "0.0%"
+
+
+def test_unreachable_service_exits_2_with_one_line(photos: list[Path],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{closed_port()}"
     assert main(["segment", str(photos[0]), "--url", url, "--timeout", "5"]) == 2
-    assert f"cannot reach petseg at {url}" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"petseg: cannot reach petseg at {url}: ") and "\n" not in err
 
 
-def test_client_missing_file_exits_2(client: TestClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["segment", str(tmp_path / "nope.jpg")], client=client) == 2
-    assert "file not found" in capsys.readouterr().err
+def test_url_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PETSEG_URL", "http://gpu-box:9000")
+    assert build_parser().parse_args(["segment", "a.jpg"]).url == "http://gpu-box:9000"
+    monkeypatch.delenv("PETSEG_URL")
+    assert build_parser().parse_args(["segment", "a.jpg"]).url == "http://127.0.0.1:8000"
 
 
-def test_client_reports_the_services_4xx(client: TestClient, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_files_exit_2(client: TestClient, photos: list[Path], tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["segment", str(photos[0]), str(tmp_path / "nope.jpg")], client=client) == 2
+    assert f"image not found: {tmp_path / 'nope.jpg'}" in capsys.readouterr().err
+    assert not photos[0].with_name("pet0_mask.png").exists(), "nothing is sent before the inputs are checked"
+    assert main(["segment", str(photos[0]), "--ground-truth", str(tmp_path / "gt.png")], client=client) == 2
+    assert "ground truth not found" in capsys.readouterr().err
+    assert main(["segment", *map(str, photos), "--ground-truth", str(photos[0])], client=client) == 2
+    assert "1 file(s) for 2 image(s)" in capsys.readouterr().err
+
+
+def test_4xx_answers_exit_2_with_the_detail(client: TestClient, photos: list[Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
     bogus = tmp_path / "notes.jpg"
     bogus.write_text("not a photo")
     assert main(["segment", str(bogus)], client=client) == 2
-    assert "415" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the service answered 415" in err and "not an image format" in err
+
+    wrong_size = tmp_path / "small.png"
+    wrong_size.write_bytes(png_bytes(np.zeros((5, 5), np.uint8)))
+    assert main(["segment", str(photos[0]), "--ground-truth", str(wrong_size)], client=client) == 2
+    assert "the service answered 422" in capsys.readouterr().err
+
+
+def test_bad_threshold_is_a_usage_error(photos: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["segment", str(photos[0]), "--threshold", "1.5"])
+    assert exit_info.value.code == 2
+    assert "not in [0, 1]" in capsys.readouterr().err
