@@ -1,0 +1,651 @@
+"""Speed benchmark: the report's plain PyTorch baseline vs petseg's inference engine, service and training.
+
+Run from the repository root (CUDA is used when present; ``--device cpu`` forces the CPU):
+
+    python -m bench.run                       # both models at 256x256, ~10 minutes on a 2-core CPU
+    python -m bench.run --quick               # resnet34_unet only, 128x128, few iterations, ~1-2 minutes
+    python -m bench.run --models unet --size 256 --markdown --out bench/results/unet.json
+    python -m bench.run --sections engine service    # a subset of: baseline engine service train
+
+Per model, with random weights (speed does not depend on them):
+
+1. baseline: fp32, eager, NCHW, batch 1, ``torch.no_grad()``, as the lab report runs it;
+2. engine: ``models.inference.Segmenter.forward`` (bf16 autocast where the hardware computes bf16,
+   channels_last, ``inference_mode``) at batch 1 and a larger batch; FLOPs of one forward
+   (``FlopCounterMode``) turn images/s into GFLOP/s, compared with the matrix-product rate measured in the
+   same run;
+3. service: ``python -m app`` on a loopback port, ``POST /segment`` (``Accept: image/png``) with synthetic
+   500x375 and 4000x3000 JPEGs at several concurrencies: images/s, latency percentiles, errors, server peak
+   RSS;
+4. training: the report's plain loop (fp32, NCHW, sigmoid + ``nn.BCELoss`` + Dice) vs the project's
+   ``training.loop.train_one_epoch`` (bf16 where native, channels_last, BCE-with-logits + Dice, clipping).
+
+The client shares the machine with the server: on a small CPU it takes cycles from it, as a co-located proxy
+would.
+Results: a markdown table per section on stdout, everything in ``bench/results/run-<UTC time>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import gc
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.common import (
+    Machine,
+    RequestSpec,
+    Server,
+    drive,
+    encode_image,
+    fmt,
+    machine_info,
+    make_checkpoint,
+    markdown_table,
+    percentile_ms,
+    running_server,
+    synthetic_photo,
+    utc_now,
+    write_json,
+)
+from models import build_model
+from models.checkpoint import Checkpoint
+from models.inference import Segmenter
+from models.registry import canonical_arch_name
+from models.runtime import resolve_device, resolve_precision
+from training.loop import StepContext, train_one_epoch
+from training.losses import BCEDiceLoss
+
+T = TypeVar("T")
+SECTIONS = ("baseline", "engine", "service", "train")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PHOTO_SIZES = {"500x375": (500, 375), "4000x3000": (4000, 3000)}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work each measurement may do: counts are upper bounds, seconds cut them short."""
+
+    warmup: int = 2
+    iters: int = 20
+    max_s: float = 12.0
+    engine_batch: int = 4
+    service_requests: int = 40
+    service_max_s: float = 30.0
+    concurrency: tuple[int, ...] = (1, 4, 16)
+    train_batch: int = 8
+    train_iters: int = 6
+    train_max_s: float = 30.0
+
+
+DEFAULT = Budget()
+QUICK = Budget(warmup=1, iters=4, max_s=4.0, engine_batch=2, service_requests=6, service_max_s=8.0,
+               concurrency=(1, 4), train_batch=2, train_iters=2, train_max_s=8.0)
+QUICK_SIZE = 128
+
+
+# ------------------------------------------------------------------------------------------------ results
+@dataclass
+class Timing:
+    """Images per second from the median of timed calls of ``batch`` images each. ``cores_used`` is process
+    CPU time over wall time while timing: ~1 means one core did the work, ~N means N cores did."""
+
+    batch: int
+    precision: str
+    images_per_s: float
+    median_ms: float
+    iterations: int
+    cores_used: float | None = None
+    thread: str = "main"
+
+
+@dataclass
+class Samples:
+    seconds: list[float]
+    cores_used: float
+
+
+@dataclass
+class MatmulRate:
+    dtype: str
+    n: int
+    tflops: float
+
+
+@dataclass
+class ServiceCell:
+    image: str
+    jpeg_kb: float
+    concurrency: int
+    requests: int
+    errors: int
+    images_per_s: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    peak_rss_mb: float | None
+
+
+@dataclass
+class ServiceResult:
+    startup_s: float
+    rss_ready_mb: float | None
+    peak_rss_mb: float | None
+    cells: list[ServiceCell] = field(default_factory=list)
+
+
+@dataclass
+class ModelReport:
+    arch: str
+    size: int
+    gflop_per_image: float | None = None
+    baseline: Timing | None = None
+    engine: list[Timing] = field(default_factory=list)
+    service: ServiceResult | None = None
+    train_plain: Timing | None = None
+    train_project: Timing | None = None
+    ratios: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class BenchReport:
+    started_at: str
+    machine: Machine
+    device: str
+    settings: dict[str, Any]
+    matmul: list[MatmulRate] = field(default_factory=list)
+    models: list[ModelReport] = field(default_factory=list)
+    seconds: float = 0.0
+    load_average_end: list[float] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------- timing
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[], object], device: torch.device, *, warmup: int, iters: int, max_s: float,
+               min_iters: int = 2) -> Samples:
+    """Seconds per call after ``warmup`` untimed calls: at least ``min_iters``, then up to ``iters`` or
+    ``max_s`` seconds."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times: list[float] = []
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    deadline = wall_start + max_s
+    while len(times) < iters and (len(times) < min_iters or time.perf_counter() < deadline):
+        started = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - started)
+    cores = (time.process_time() - cpu_start) / max(time.perf_counter() - wall_start, 1e-9)
+    return Samples(times, cores)
+
+
+def to_timing(samples: Samples, batch: int, precision: str, thread: str = "main") -> Timing:
+    median = float(np.median(samples.seconds))
+    return Timing(batch, precision, batch / median, median * 1000.0, len(samples.seconds),
+                  round(samples.cores_used, 2), thread)
+
+
+def in_new_thread(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on a fresh thread, as the service's model thread (``app.batching.BatchRunner``) runs the
+    model: intra-op threading can differ from the main thread's."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-model") as pool:
+        return pool.submit(fn).result()
+
+
+# --------------------------------------------------------------------------------------- model-only speed
+def count_gflop(arch: str, size: int) -> float:
+    """FLOPs of one fp32 forward of one image, counted on the meta device (no compute), else on the CPU."""
+    for device in ("meta", "cpu"):
+        try:
+            with torch.device(device):
+                model = build_model(arch).eval()
+                image = torch.zeros(1, 3, size, size)
+            with FlopCounterMode(display=False) as counter, torch.no_grad():
+                model(image)
+            return counter.get_total_flops() / 1e9
+        except (NotImplementedError, RuntimeError):
+            continue
+    raise RuntimeError(f"cannot count the FLOPs of {arch}")
+
+
+def matmul_rate(device: torch.device, dtype_name: str, budget: Budget) -> MatmulRate:
+    """Dense n x n matrix-product rate in TFLOP/s: the practical peak convolutions are measured against."""
+    n = 8192 if device.type == "cuda" else (4096 if dtype_name != "fp32" else 2048)
+    a = torch.randn(n, n, device=device).to(DTYPES[dtype_name])
+    b = torch.randn(n, n, device=device).to(DTYPES[dtype_name])
+    samples = time_calls(lambda: torch.matmul(a, b), device, warmup=1, iters=max(3, budget.iters // 2),
+                         max_s=budget.max_s / 2)
+    return MatmulRate(dtype_name, n, 2 * n**3 / float(np.median(samples.seconds)) / 1e12)
+
+
+def bench_baseline(checkpoint: Checkpoint, device: torch.device, budget: Budget) -> Timing:
+    """The report's inference: fp32 eager NCHW model, batch 1, ``no_grad``, sigmoid, back to the CPU."""
+    model = checkpoint.build_model().to(device).eval()
+    image = torch.randn(1, 3, checkpoint.image_size, checkpoint.image_size)
+
+    def step() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.sigmoid(model(image.to(device))).cpu()
+
+    samples = time_calls(step, device, warmup=budget.warmup, iters=budget.iters, max_s=budget.max_s)
+    return to_timing(samples, 1, "fp32")
+
+
+def bench_engine(checkpoint: Checkpoint, device: torch.device, budget: Budget) -> list[Timing]:
+    """``Segmenter.forward`` on normalised batches already at the model size: the model path, no decoding.
+    Batch 1 and ``engine_batch`` on the main thread, then batch 1 on a fresh thread as the service runs it."""
+    segmenter = Segmenter(checkpoint, device=str(device))
+    size = checkpoint.image_size
+
+    def measure(batch: int) -> Samples:
+        images = torch.randn(batch, 3, size, size)
+        return time_calls(lambda: segmenter.forward(images), device, warmup=budget.warmup + 1,
+                          iters=budget.iters, max_s=budget.max_s)
+
+    results = [to_timing(measure(batch), batch, segmenter.precision) for batch in (1, budget.engine_batch)]
+    results.append(to_timing(in_new_thread(lambda: measure(1)), 1, segmenter.precision, "worker"))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- training
+def _random_batch(batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, size, size, generator=generator)
+    masks = (torch.rand(batch, 1, size, size, generator=generator) > 0.6).float()
+    return images, masks
+
+
+def _report_dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    inter = (probs * target).sum()
+    return 1 - (2 * inter + eps) / (probs.sum() + target.sum() + eps)
+
+
+def bench_train_plain(arch: str, size: int, device: torch.device, budget: Budget) -> Timing:
+    """The report's step: fp32 NCHW, sigmoid then ``nn.BCELoss`` + Dice, Adam (clip order is not speed)."""
+    torch.manual_seed(0)
+    model = build_model(arch).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    bce = nn.BCELoss()
+    images, masks = (t.to(device) for t in _random_batch(budget.train_batch, size))
+
+    def step() -> float:
+        optimizer.zero_grad()
+        probs = torch.sigmoid(model(images))
+        loss = bce(probs, masks) + _report_dice_loss(probs, masks)
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    samples = time_calls(step, device, warmup=1, iters=budget.train_iters, max_s=budget.train_max_s)
+    return to_timing(samples, budget.train_batch, "fp32")
+
+
+class TimedLoader:
+    """An in-memory loader repeating one batch that stamps the time each step asks for the next batch, so
+    ``train_one_epoch``'s own per-step work (loss, clipping, metrics) is inside the measurement."""
+
+    warmup = 1
+
+    def __init__(self, batch: dict[str, Any], budget: Budget) -> None:
+        self.batch, self.budget = batch, budget
+        self.stamps: list[tuple[float, float]] = []  # (wall, process CPU) when each step asked for a batch
+
+    def _stamp(self) -> None:
+        self.stamps.append((time.perf_counter(), time.process_time()))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._stamp()
+        deadline = float("inf")
+        for index in range(self.warmup + self.budget.train_iters):
+            if index == self.warmup:
+                deadline = time.perf_counter() + self.budget.train_max_s
+            yield self.batch
+            self._stamp()
+            if index + 1 - self.warmup >= 2 and time.perf_counter() > deadline:
+                return
+
+    def samples(self) -> Samples:
+        wall, cpu = (np.array(column) for column in zip(*self.stamps, strict=True))
+        timed_wall = max(wall[-1] - wall[self.warmup], 1e-9)
+        return Samples(list(np.diff(wall)[self.warmup:]), (cpu[-1] - cpu[self.warmup]) / timed_wall)
+
+
+def bench_train_project(arch: str, size: int, device: torch.device, budget: Budget) -> Timing:
+    """``train_one_epoch`` with the project's choices: bf16 where native, channels_last, BCE+Dice, clip."""
+    torch.manual_seed(0)
+    precision = resolve_precision("auto", device)  # the inference rule: bf16 only where the hardware has it
+    model = build_model(arch).to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    ctx = StepContext(device, precision, True, BCEDiceLoss(), optimizer, scaler, clip_grad_norm=1.0,
+                      progress=False)
+    images, masks = _random_batch(budget.train_batch, size)
+    names = [str(i) for i in range(len(images))]
+    loader = TimedLoader({"image": images, "mask": masks, "name": names}, budget)
+    train_one_epoch(model, loader, ctx)
+    return to_timing(loader.samples(), budget.train_batch, precision)
+
+
+# ----------------------------------------------------------------------------------------------- service
+def make_photos() -> dict[str, bytes]:
+    return {label: encode_image(synthetic_photo(w, h, seed=i), "JPEG", 90)
+            for i, (label, (w, h)) in enumerate(PHOTO_SIZES.items())}
+
+
+def _photo_request(label: str, jpeg: bytes) -> RequestSpec:
+    return RequestSpec(f"photo {label}", files={"image": (f"{label}.jpg", jpeg, "image/jpeg")},
+                       headers={"Accept": "image/png"})
+
+
+def _service_cell(server: Server, label: str, jpeg: bytes, concurrency: int, budget: Budget) -> ServiceCell:
+    spec = _photo_request(label, jpeg)
+    outcomes, wall = asyncio.run(drive(server.url, lambda _: spec, concurrency=concurrency,
+                                       max_requests=budget.service_requests,
+                                       max_seconds=budget.service_max_s))
+    good = [o.latency_s for o in outcomes if o.correct]
+    return ServiceCell(label, round(len(jpeg) / 1024, 1), concurrency, len(outcomes),
+                       sum(not o.correct for o in outcomes), len(good) / wall if wall else 0.0,
+                       percentile_ms(good, 50), percentile_ms(good, 95), percentile_ms(good, 99),
+                       server.peak_rss_mb())
+
+
+def _warm_service(server: Server, photos: dict[str, bytes]) -> None:
+    """Two sequential requests per photo size, so first-call costs (allocations, lazy imports) are not
+    measured."""
+    for label, jpeg in photos.items():
+        spec = _photo_request(label, jpeg)
+        outcomes, _ = asyncio.run(drive(server.url, lambda _, s=spec: s, concurrency=1, max_requests=2,
+                                        max_seconds=60))
+        failed = [o for o in outcomes if not o.correct]
+        if failed:
+            raise RuntimeError(f"warm-up request failed: {failed[0]} (server log: {server.log_path})")
+
+
+def bench_service(arch: str, size: int, device: torch.device, photos: dict[str, bytes],
+                  budget: Budget) -> ServiceResult:
+    with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
+        path, _ = make_checkpoint(Path(tmp), arch, size)
+        with running_server(path, Path(tmp), device=str(device)) as server:
+            result = ServiceResult(server.startup_s, server.rss_mb(), None)
+            _warm_service(server, photos)
+            for label, jpeg in photos.items():
+                for concurrency in budget.concurrency:
+                    result.cells.append(_service_cell(server, label, jpeg, concurrency, budget))
+            result.peak_rss_mb = server.peak_rss_mb()
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ ratios
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _cell(report: ModelReport, image: str, concurrency: int) -> ServiceCell | None:
+    cells = report.service.cells if report.service else []
+    return next((c for c in cells if c.image == image and c.concurrency == concurrency), None)
+
+
+def compute_ratios(report: ModelReport, matmul: list[MatmulRate]) -> dict[str, float | None]:
+    rates = {m.dtype: m.tflops * 1000.0 for m in matmul}  # GFLOP/s
+    main = [t for t in report.engine if t.thread == "main"]
+    engine1 = next((t for t in main if t.batch == 1), None)
+    worker1 = next((t for t in report.engine if t.thread != "main"), None)
+    best = max(main, key=lambda t: t.images_per_s) if main else None
+    gflop = report.gflop_per_image
+    small4, small1 = _cell(report, "500x375", 4), _cell(report, "500x375", 1)
+    large1 = _cell(report, "4000x3000", 1)
+    base = report.baseline
+    return {
+        "engine_b1_vs_baseline": _ratio(engine1 and engine1.images_per_s, base and base.images_per_s),
+        "engine_best_vs_baseline": _ratio(best and best.images_per_s, base and base.images_per_s),
+        "engine_worker_thread_vs_main_b1": _ratio(worker1 and worker1.images_per_s,
+                                                  engine1 and engine1.images_per_s),
+        "engine_gflops": best.images_per_s * gflop if best and gflop else None,
+        "engine_fraction_of_matmul": _ratio(best.images_per_s * gflop if best and gflop else None,
+                                            rates.get(best.precision) if best else None),
+        "baseline_fraction_of_fp32_matmul": _ratio(base.images_per_s * gflop if base and gflop else None,
+                                                   rates.get("fp32")),
+        "service_c4_500x375_vs_engine_b1": _ratio(small4 and small4.images_per_s,
+                                                  engine1 and engine1.images_per_s),
+        "p50_4000x3000_vs_500x375_c1": _ratio(large1 and large1.p50_ms, small1 and small1.p50_ms),
+        "train_project_vs_plain": _ratio(report.train_project and report.train_project.images_per_s,
+                                         report.train_plain and report.train_plain.images_per_s),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def _pct(value: float | None) -> str:
+    return fmt(value * 100 if value is not None else None, 1, "%")
+
+
+def _x(value: float | None) -> str:
+    return fmt(value, 2, "x")
+
+
+def machine_table(report: BenchReport) -> str:
+    m = report.machine
+    rows = [["CPU", m.cpu], ["CPU flags", ", ".join(m.cpu_flags) or "–"],
+            ["cores (usable / logical)", f"{m.usable_cores} / {m.logical_cores}"],
+            ["memory", f"{m.memory_gb} GB"],
+            ["GPU", m.gpu or "none"], ["torch (threads)", f"{m.torch} ({m.torch_threads})"],
+            ["device used", report.device],
+            ["load average (1/5/15 min) at start", " ".join(map(str, m.load_average))],
+            ["load average at end", " ".join(map(str, report.load_average_end)) or "–"]]
+    return markdown_table(["machine", ""], rows)
+
+
+def matmul_table(report: BenchReport) -> str:
+    rows = [[m.dtype, f"{m.n}x{m.n}", fmt(m.tflops, 2)] for m in report.matmul]
+    return markdown_table(["matmul dtype", "size", "TFLOP/s"], rows)
+
+
+def model_table(report: BenchReport) -> str:
+    rates = {m.dtype: m.tflops * 1000.0 for m in report.matmul}
+    rows = []
+    for r in report.models:
+        for name, t in [("baseline", r.baseline)] + [("engine", t) for t in r.engine]:
+            if t is None:
+                continue
+            gflops = t.images_per_s * r.gflop_per_image if r.gflop_per_image else None
+            where = "" if t.thread == "main" else f" ({t.thread} thread)"
+            rows.append([r.arch, name + where, str(t.batch), t.precision, fmt(t.images_per_s, 2),
+                         fmt(t.median_ms, 1), fmt(gflops, 1), _pct(_ratio(gflops, rates.get(t.precision))),
+                         fmt(t.cores_used, 2)])
+    headers = ["model", "path", "batch", "precision", "img/s", "ms/batch", "GFLOP/s", "of matmul peak",
+               "cores used"]
+    return markdown_table(headers, rows)
+
+
+def service_table(report: BenchReport) -> str:
+    rows = []
+    for r in report.models:
+        for c in r.service.cells if r.service else []:
+            rows.append([r.arch, f"{c.image} ({c.jpeg_kb:.0f} KB)", str(c.concurrency), str(c.requests),
+                         str(c.errors), fmt(c.images_per_s, 2), fmt(c.p50_ms), fmt(c.p95_ms), fmt(c.p99_ms),
+                         fmt(c.peak_rss_mb, 0)])
+    headers = ["model", "JPEG", "concurrency", "requests", "errors", "img/s", "p50 ms", "p95 ms", "p99 ms",
+               "server peak RSS MB"]
+    return markdown_table(headers, rows)
+
+
+def train_table(report: BenchReport) -> str:
+    rows = []
+    for r in report.models:
+        for name, t in (("report's plain loop", r.train_plain), ("train_one_epoch", r.train_project)):
+            if t is not None:
+                rows.append([r.arch, name, t.precision, str(t.batch), fmt(t.images_per_s, 2),
+                             fmt(t.median_ms, 0), fmt(t.cores_used, 2)])
+    return markdown_table(["model", "loop", "precision", "batch", "img/s", "ms/step", "cores used"], rows)
+
+
+def ratio_table(report: BenchReport) -> str:
+    rows = [[r.arch, fmt(r.gflop_per_image, 1), _x(r.ratios.get("engine_b1_vs_baseline")),
+             _x(r.ratios.get("engine_best_vs_baseline")), _pct(r.ratios.get("engine_fraction_of_matmul")),
+             _pct(r.ratios.get("service_c4_500x375_vs_engine_b1")),
+             _x(r.ratios.get("p50_4000x3000_vs_500x375_c1")), _x(r.ratios.get("train_project_vs_plain")),
+             _x(r.ratios.get("engine_worker_thread_vs_main_b1"))]
+            for r in report.models]
+    headers = ["model", "GFLOP/img", "engine b1 / baseline", "engine best / baseline",
+               "engine of matmul peak", "service c4 500x375 / engine b1", "p50 4000x3000 / 500x375 (c1)",
+               "train project / plain", "engine b1 worker / main thread"]
+    return markdown_table(headers, rows)
+
+
+def readme_table(report: BenchReport) -> str:
+    """One row per model for the README, with the machine underneath."""
+    rows = []
+    for r in report.models:
+        base, eng = r.baseline, r.engine
+        small1, large1, small4 = _cell(r, "500x375", 1), _cell(r, "4000x3000", 1), _cell(r, "500x375", 4)
+        rows.append([r.arch, fmt(base and base.images_per_s, 2),
+                     " / ".join(f"{fmt(t.images_per_s, 2)} (b{t.batch})" for t in eng if t.thread == "main")
+                     or "–",
+                     _pct(r.ratios.get("engine_fraction_of_matmul")), fmt(small4 and small4.images_per_s, 2),
+                     f"{fmt(small1 and small1.p50_ms, 0)} / {fmt(large1 and large1.p50_ms, 0)}",
+                     fmt(r.service.peak_rss_mb if r.service else None, 0),
+                     f"{fmt(r.train_plain and r.train_plain.images_per_s, 2)} → "
+                     f"{fmt(r.train_project and r.train_project.images_per_s, 2)}"])
+    headers = ["model", "baseline img/s", "engine img/s", "of matmul peak", "service img/s (c4, 500x375)",
+               "p50 ms 500x375 / 4000x3000", "server peak RSS MB", "train img/s plain → project"]
+    return markdown_table(headers, rows) + "\n\n" + _machine_line(report)
+
+
+def _machine_line(report: BenchReport) -> str:
+    m = report.machine
+    size = report.models[0].size if report.models else 0
+    gpu = f" · {m.gpu}" if m.gpu else ""
+    return (f"{report.device} · {m.cpu} ({', '.join(m.cpu_flags) or 'no AVX-512'}) · {m.usable_cores} cores"
+            f"{gpu} · torch {m.torch} · {size}x{size} input")
+
+
+def render(report: BenchReport) -> str:
+    parts = [("Machine", machine_table(report)), ("Matrix-product rate (same run)", matmul_table(report)),
+             ("Model only (random weights)", model_table(report)),
+             ("Service end to end (HTTP, loopback, Accept: image/png)", service_table(report)),
+             ("Training step", train_table(report)), ("Ratios", ratio_table(report))]
+    return "\n\n".join(f"### {title}\n\n{table}" for title, table in parts)
+
+
+# -------------------------------------------------------------------------------------------------- main
+def _step(label: str, fn: Callable[[], Any]) -> Any:
+    print(f"  {label}...", end="", flush=True, file=sys.stderr)
+    started = time.perf_counter()
+    result = fn()
+    print(f" {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    gc.collect()
+    return result
+
+
+def bench_model(arch: str, size: int, device: torch.device, sections: set[str], budget: Budget,
+                photos: dict[str, bytes] | None) -> ModelReport:
+    print(f"{arch} at {size}x{size} on {device}", file=sys.stderr)
+    report = ModelReport(arch, size, gflop_per_image=_step("FLOPs", lambda: count_gflop(arch, size)))
+    if sections & {"baseline", "engine"}:
+        _bench_model_only(report, device, sections, budget)
+    if "train" in sections:
+        report.train_plain = _step("train, plain", lambda: bench_train_plain(arch, size, device, budget))
+        report.train_project = _step("train, project",
+                                     lambda: bench_train_project(arch, size, device, budget))
+    if "service" in sections and photos:
+        report.service = _step("service", lambda: bench_service(arch, size, device, photos, budget))
+    return report
+
+
+def _bench_model_only(report: ModelReport, device: torch.device, sections: set[str], budget: Budget) -> None:
+    """Baseline and engine share one set of random weights, as a checkpoint would deliver them."""
+    torch.manual_seed(0)
+    weights = build_model(report.arch).state_dict()
+    checkpoint = Checkpoint(report.arch, weights, image_size=report.size, epoch=1)
+    if "baseline" in sections:
+        report.baseline = _step("baseline", lambda: bench_baseline(checkpoint, device, budget))
+    if "engine" in sections:
+        report.engine = _step("engine", lambda: bench_engine(checkpoint, device, budget))
+
+
+def measure_matmul(device: torch.device, budget: Budget) -> list[MatmulRate]:
+    engine_dtype = resolve_precision("auto", device)
+    wanted = ["fp32", engine_dtype] + (["bf16"] if device.type == "cuda" else [])
+    return [_step(f"matmul {d}", lambda d=d: matmul_rate(device, d, budget)) for d in dict.fromkeys(wanted)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help=f"resnet34_unet only, {QUICK_SIZE}x{QUICK_SIZE}, few iterations: checks it all works")
+    p.add_argument("--models", nargs="+", default=None, help="architectures (default: unet resnet34_unet)")
+    p.add_argument("--size", type=int, default=None,
+                   help=f"input size (default 256; {QUICK_SIZE} with --quick)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    p.add_argument("--engine-batch", type=int, default=None,
+                   help="second engine batch size (default 8 on a GPU, 4 on a CPU, 2 with --quick)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON output (default bench/results/run-<time>.json)")
+    p.add_argument("--markdown", action="store_true", help="also print a README-ready summary table")
+    return p
+
+
+def _budget(args: argparse.Namespace, device: torch.device) -> Budget:
+    budget = QUICK if args.quick else DEFAULT
+    if args.engine_batch:
+        return replace(budget, engine_batch=args.engine_batch)
+    if device.type == "cuda" and not args.quick:
+        return replace(budget, engine_batch=8)
+    return budget
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        device = resolve_device(args.device)
+        models = [canonical_arch_name(m) for m in args.models or
+                  (["resnet34_unet"] if args.quick else ["unet", "resnet34_unet"])]
+    except ValueError as exc:  # UnknownArchitectureError is a ValueError
+        parser.error(str(exc))
+    budget = _budget(args, device)
+    size = args.size or (QUICK_SIZE if args.quick else 256)
+    report = BenchReport(utc_now(), machine_info(), str(device),
+                         {"quick": args.quick, "size": size, "sections": args.sections, "budget": budget})
+    print(f"benchmark on {device}: {', '.join(models)} at {size}x{size}", file=sys.stderr)
+    if {"baseline", "engine"} & set(args.sections):
+        report.matmul = measure_matmul(device, budget)
+    photos = _step("synthetic JPEGs", make_photos) if "service" in args.sections else None
+    for arch in models:
+        model_report = bench_model(arch, size, device, set(args.sections), budget, photos)
+        model_report.ratios = compute_ratios(model_report, report.matmul)
+        report.models.append(model_report)
+    report.seconds = round(time.perf_counter() - started, 1)
+    report.load_average_end = [round(x, 2) for x in os.getloadavg()]
+    print(render(report))
+    if report.machine.load_average[0] > 0.5 * report.machine.usable_cores:
+        print(f"\nnote: the machine was busy (load average {report.machine.load_average[0]} on "
+              f"{report.machine.usable_cores} cores): these numbers are contended.")
+    if args.markdown:
+        print(f"\n### README summary\n\n{readme_table(report)}")
+    path = write_json(report, args.out, "run")
+    print(f"\n{report.seconds:.0f}s; results written to {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
