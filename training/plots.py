@@ -59,7 +59,7 @@ def save_comparison_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray | None
             ax.axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98) if title else None)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)

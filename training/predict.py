@@ -76,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         grid_rows = []
-        for name, item in tqdm(items, desc="predict", unit="img", disable=not sys.stderr.isatty()):
+        # Grid rows are spread evenly over the inputs, so a sorted split shows every breed, not the first one.
+        step = max(1, len(items) // max(1, args.grid_rows))
+        grid_pick = set(range(0, len(items), step)[: args.grid_rows])
+        for index, (name, item) in enumerate( tqdm(items, desc="predict", unit="img", disable=not sys.stderr.isatty())):
             if isinstance(item, Path):
                 image, truth = read_rgb(item), None
             else:
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{name}_mask.png")
             if args.overlay:
                 Image.fromarray(overlay(image, mask)).save(out / f"{name}_overlay.png")
-            if args.grid and len(grid_rows) < args.grid_rows:
+            if args.grid and index in grid_pick:
                 grid_rows.append((name, image, truth, mask))
         if args.grid and grid_rows:
             save_comparison_grid(grid_rows, Path(args.grid), title=f"{segmenter.info.arch} predictions")
