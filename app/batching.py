@@ -43,6 +43,7 @@ class BatchRunner:
         self.batch_wait_s = batch_wait_ms / 1000.0
         self._queue: queue.Queue[_Job | object] = queue.Queue(maxsize=max_queue)
         self._on_batch = on_batch
+        self._torch_threads = torch.get_num_threads()
         self._thread = threading.Thread(target=self._run, name="petseg-model", daemon=True)
         self._thread.start()
 
@@ -85,6 +86,8 @@ class BatchRunner:
         return [j for j in jobs if j.future.set_running_or_notify_cancel()], stop
 
     def _run(self) -> None:
+        # OpenMP's thread count is per calling thread: a new thread would run the model on one core.
+        torch.set_num_threads(self._torch_threads)
         while True:
             item = self._queue.get()
             if item is _STOP:

@@ -23,13 +23,23 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     """Flags shared by train, evaluate and predict (the report's spellings plus kebab-case twins)."""
     parser.add_argument("--data_path", "--data-path", dest="data_path", default="dataset/oxford-iiit-pet",
                         help="dataset root in the official Oxford-IIIT Pet layout")
-    parser.add_argument("--batch_size", "--batch-size", "-b", dest="batch_size", type=int, default=8)
+    parser.add_argument("--batch_size", "--batch-size", "-b", dest="batch_size", type=_at_least(1), default=8)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--workers", type=_at_least(0), default=2, help="DataLoader worker processes")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from training.loop import EpochResult
 from training.metrics import SegmentationMetrics
 
-__all__ = ["DistInfo", "cleanup_distributed", "gather_result", "init_distributed"]
+__all__ = ["DistInfo", "ShardSampler", "cleanup_distributed", "gather_result", "init_distributed"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,20 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+class ShardSampler(torch.utils.data.Sampler[int]):
+    """Every rank takes every world_size-th index, without the padding DistributedSampler adds: in evaluation
+    each image must be scored exactly once, even when the split does not divide evenly."""
+
+    def __init__(self, length: int, info: DistInfo) -> None:
+        self.indices = list(range(info.rank, length, info.world_size))
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 def init_distributed(device: torch.device) -> DistInfo:

@@ -24,7 +24,7 @@ from models.registry import canonical_arch_name
 from models.runtime import resolve_device, resolve_precision
 from training.config import SCHEDULERS, TrainConfig
 from training.data import PetDataset
-from training.distributed import DistInfo, cleanup_distributed, gather_result, init_distributed
+from training.distributed import DistInfo, ShardSampler, cleanup_distributed, gather_result, init_distributed
 from training.losses import BCEDiceLoss
 from training.loop import EpochResult, StepContext, evaluate_epoch, train_one_epoch
 from training.plots import plot_history
@@ -73,7 +73,7 @@ def _make_loaders(config: TrainConfig, device: torch.device, info: DistInfo, pro
     log.info("data: %d train / %d valid images from %s", len(train_set), len(valid_set), config.data_path)
     generator = torch.Generator().manual_seed(config.seed)
     train_sampler = DistributedSampler(train_set, shuffle=True, seed=config.seed) if info.enabled else None
-    valid_sampler = DistributedSampler(valid_set, shuffle=False) if info.enabled else None
+    valid_sampler = ShardSampler(len(valid_set), info) if info.enabled else None
     loader_args: dict[str, Any] = {"num_workers": config.workers, "pin_memory": device.type == "cuda",
                                    "worker_init_fn": _seed_worker, "persistent_workers": config.workers > 0}
     train_loader = DataLoader(train_set, config.batch_size, shuffle=train_sampler is None, sampler=train_sampler,

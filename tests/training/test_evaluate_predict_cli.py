@@ -1,7 +1,9 @@
 """evaluate and predict from the command line, on the synthetic dataset with a small real checkpoint."""
+
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,47 +11,147 @@ import pytest
 from PIL import Image
 
 from training import evaluate, predict
+from training.data import list_split
+
+CPU = ["--device", "cpu", "--precision", "fp32"]
 
 
-def test_evaluate_writes_a_report_with_per_image_and_pooled_scores(pet_dataset: Path, tiny_checkpoint: Path,
-                                                                   tmp_path: Path) -> None:
-    out = tmp_path / "report.json"
-    code = evaluate.main(["--model", str(tiny_checkpoint), "--data_path", str(pet_dataset), "--split", "test",
-                          "--out", str(out), "--device", "cpu"])
+@pytest.fixture(scope="module")
+def report(pet_dataset: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("eval") / "report.json"
+    code = evaluate.main(
+        [
+            "--model",
+            str(tiny_checkpoint),
+            "--data_path",
+            str(pet_dataset),
+            "--split",
+            "test",
+            "--out",
+            str(out),
+            "--worst",
+            "3",
+            *CPU,
+        ]
+    )
     assert code == 0
-    report = json.loads(out.read_text())
-    assert report["images"] == 4 and len(report["per_image"]) == 4
-    assert 0.0 <= report["dice"] <= 1.0 and 0.0 <= report["dice_micro"] <= 1.0 and 0.0 <= report["iou"] <= 1.0
-    assert report["worst"][0]["dice"] == min(report["per_image"].values())
+    return json.loads(out.read_text())
 
 
-def test_predict_writes_masks_at_each_original_size(pet_dataset: Path, tiny_checkpoint: Path,
-                                                    tmp_path: Path) -> None:
-    out = tmp_path / "masks"
-    images = pet_dataset / "images"
-    assert predict.main(["--model", str(tiny_checkpoint), str(images), "--out", str(out), "--device", "cpu",
-                         "--overlay"]) == 0
-    for image_path in images.iterdir():
-        mask = Image.open(out / f"{image_path.stem}_mask.png")
-        assert mask.size == Image.open(image_path).size
-        assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
-        assert (out / f"{image_path.stem}_overlay.png").is_file()
+def test_evaluate_report_has_pooled_and_mean_scores(report: dict) -> None:
+    assert report["images"] == 4 and report["split"] == "test" and report["arch"] == "resnet34_unet"
+    for key in ("dice", "iou", "dice_micro", "iou_micro"):
+        assert 0.0 <= report[key] <= 1.0, key
 
 
-def test_predict_a_split_with_a_comparison_grid(pet_dataset: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
-    grid = tmp_path / "grid.png"
-    assert predict.main(["--model", str(tiny_checkpoint), "--data_path", str(pet_dataset), "--split", "valid",
-                         "--out", str(tmp_path / "m"), "--grid", str(grid), "--device", "cpu"]) == 0
-    assert Image.open(grid).format == "PNG"
+def test_evaluate_report_scores_every_image_of_the_split(report: dict, pet_dataset: Path) -> None:
+    assert sorted(report["per_image"]) == sorted(s.name for s in list_split(pet_dataset, "test"))
+    assert report["dice"] == pytest.approx(np.mean(list(report["per_image"].values())))
 
 
-def test_predict_missing_input_is_exit_2(tiny_checkpoint: Path, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    assert predict.main(["--model", str(tiny_checkpoint), str(tmp_path / "nope.jpg")]) == 2
-    assert "input not found" in capsys.readouterr().err
+def test_evaluate_report_lists_the_worst_images_first(report: dict) -> None:
+    assert len(report["worst"]) == 3
+    assert [row["dice"] for row in report["worst"]] == sorted(report["per_image"].values())[:3]
+    assert all(report["per_image"][row["name"]] == row["dice"] for row in report["worst"])
 
 
-def test_evaluate_missing_checkpoint_is_exit_2(pet_dataset: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_missing_checkpoint_is_exit_2(
+    pet_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert evaluate.main(["--model", str(tmp_path / "none.pt"), "--data_path", str(pet_dataset)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def photos(pet_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three images of different sizes: the grayscale JPEG, the RGBA PNG named .jpg and the CMYK JPEG."""
+    folder = tmp_path_factory.mktemp("photos")
+    names = [s.name for s in list_split(pet_dataset, "train")[:3]]  # trainval lines 1..3: the quirky ones
+    for name in names:
+        shutil.copy(pet_dataset / "images" / f"{name}.jpg", folder / f"{name}.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def predicted(photos: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("masks")
+    assert (
+        predict.main(["--model", str(tiny_checkpoint), str(photos), "--out", str(out), "--overlay", *CPU])
+        == 0
+    )
+    return out
+
+
+def test_predict_writes_one_mask_per_image(photos: Path, predicted: Path) -> None:
+    expected = sorted(f"{p.stem}_{kind}.png" for p in photos.glob("*.jpg") for kind in ("mask", "overlay"))
+    assert sorted(p.name for p in predicted.iterdir()) == expected
+
+
+def test_predict_masks_have_each_images_original_size(photos: Path, predicted: Path) -> None:
+    sizes = set()
+    for image_path in photos.glob("*.jpg"):
+        with Image.open(image_path) as image, Image.open(predicted / f"{image_path.stem}_mask.png") as mask:
+            assert mask.size == image.size
+            sizes.add(image.size)
+    assert len(sizes) == 3  # the sizes really differ
+
+
+def test_predict_masks_are_0_or_255(photos: Path, predicted: Path) -> None:
+    for image_path in photos.glob("*.jpg"):
+        with Image.open(predicted / f"{image_path.stem}_mask.png") as mask:
+            assert mask.mode == "L"
+            assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
+
+
+def test_predict_overlays_are_rgb_at_the_original_size(photos: Path, predicted: Path) -> None:
+    for image_path in photos.glob("*.jpg"):
+        with (
+            Image.open(image_path) as image,
+            Image.open(predicted / f"{image_path.stem}_overlay.png") as overlay,
+        ):
+            assert overlay.mode == "RGB" and overlay.size == image.size
+
+
+def test_predict_a_split_with_a_comparison_grid(
+    pet_dataset: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    grid = tmp_path / "grid.png"
+    assert (
+        predict.main(
+            [
+                "--model",
+                str(tiny_checkpoint),
+                "--data_path",
+                str(pet_dataset),
+                "--split",
+                "valid",
+                "--out",
+                str(tmp_path / "m"),
+                "--grid",
+                str(grid),
+                *CPU,
+            ]
+        )
+        == 0
+    )
+    with Image.open(grid) as image:
+        image.verify()
+        assert image.format == "PNG"
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted(
+        f"{s.name}_mask.png" for s in list_split(pet_dataset, "valid")
+    )
+
+
+def test_predict_missing_input_is_exit_2(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert predict.main(["--model", str(tiny_checkpoint), str(tmp_path / "nope.jpg"), *CPU]) == 2
+    err = capsys.readouterr().err
+    assert "input not found" in err and "nope.jpg" in err
+
+
+def test_predict_without_inputs_or_split_is_exit_2(tiny_checkpoint: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main(["--model", str(tiny_checkpoint)])
+    assert exit_info.value.code == 2

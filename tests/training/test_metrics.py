@@ -1,14 +1,15 @@
 """Dice and IoU against hand-computed values; split-level aggregation is per image, never per batch."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from training.losses import BCEDiceLoss, soft_dice_loss
 from training.metrics import SegmentationMetrics, dice_score, iou_score
 
 
 def masks(pred_on: list[int], target_on: list[int], n: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image of ``n`` pixels: boolean (1, n) prediction and target with the given pixels on."""
     pred = torch.zeros(1, n, dtype=torch.bool)
     target = torch.zeros(1, n, dtype=torch.bool)
     pred[0, pred_on] = True
@@ -16,28 +17,66 @@ def masks(pred_on: list[int], target_on: list[int], n: int = 10) -> tuple[torch.
     return pred, target
 
 
-@pytest.mark.parametrize(("pred_on", "target_on", "dice", "iou"), [
-    ([1, 2, 3], [1, 2, 3], 1.0, 1.0),  # perfect
-    ([0, 1], [5, 6, 7], 0.0, 0.0),  # disjoint
-    ([0, 1, 2, 3], [1, 2, 3, 4, 5, 6], 6 / 10, 3 / 7),  # partial: overlap 3, |P| 4, |T| 6
-    ([], [], 1.0, 1.0),  # both empty: nothing to find, nothing found
-    ([2], [], 0.0, 0.0),  # false positive on an empty image
-])
-def test_dice_and_iou_hand_computed(pred_on: list[int], target_on: list[int], dice: float, iou: float) -> None:
+@pytest.mark.parametrize(
+    ("pred_on", "target_on", "dice", "iou"),
+    [
+        ([1, 2, 3], [1, 2, 3], 1.0, 1.0),
+        ([0, 1], [5, 6, 7], 0.0, 0.0),
+        ([0, 1, 2, 3], [1, 2, 3, 4, 5, 6], 6 / 10, 3 / 7),  # overlap 3, |P| 4, |T| 6
+        ([], [], 1.0, 1.0),  # nothing to find, nothing found
+        ([2], [], 0.0, 0.0),  # a false positive on an empty image
+        ([], [2, 3], 0.0, 0.0),  # a miss
+    ],
+    ids=["perfect", "disjoint", "partial", "both-empty", "false-positive", "miss"],
+)
+def test_dice_and_iou_hand_computed(
+    pred_on: list[int], target_on: list[int], dice: float, iou: float
+) -> None:
     pred, target = masks(pred_on, target_on)
     assert dice_score(pred, target).item() == pytest.approx(dice)
     assert iou_score(pred, target).item() == pytest.approx(iou)
 
 
+def test_dice_and_iou_are_per_image_over_any_shape() -> None:
+    pred = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    target = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    pred[0, 0, :2] = True  # 8 px
+    target[0, 0, 1:] = True  # 12 px, overlap 4
+    assert dice_score(pred, target).tolist() == pytest.approx([8 / 20, 1.0])
+    assert iou_score(pred, target).tolist() == pytest.approx([4 / 16, 1.0])
+
+
+def test_dice_accepts_float_masks() -> None:
+    pred = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    target = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    assert dice_score(pred, target).item() == pytest.approx(2 / 3)
+
+
 def test_split_metrics_average_images_not_batches() -> None:
     metrics = SegmentationMetrics()
     perfect, _ = masks([1, 2], [1, 2])
-    metrics.update(torch.cat([perfect, perfect, perfect]), torch.cat([perfect, perfect, perfect]))  # 3 images, Dice 1
-    wrong_p, wrong_t = masks([0], [9])
-    metrics.update(wrong_p, wrong_t)  # 1 image, Dice 0
+    three = torch.cat([perfect, perfect, perfect])
+    metrics.update(three, three)  # a batch of 3 images, Dice 1 each
+    metrics.update(*masks([0], [9]))  # a batch of 1 image, Dice 0
     summary = metrics.summary()
-    assert summary["dice"] == pytest.approx(3 / 4)  # the mean of per-batch means would say 0.5
+    assert summary["dice"] == pytest.approx(3 / 4)  # the mean of the two batch means would be 0.5
+    assert summary["iou"] == pytest.approx(3 / 4)
     assert summary["images"] == 4
+
+
+def test_split_metrics_equal_the_per_image_mean_over_uneven_batches() -> None:
+    torch.manual_seed(0)
+    preds = torch.rand(7, 1, 6, 6) > 0.5
+    targets = torch.rand(7, 1, 6, 6) > 0.4
+    metrics = SegmentationMetrics()
+    for start, stop in [(0, 2), (2, 3), (3, 7)]:
+        metrics.update(preds[start:stop], targets[start:stop])
+    summary = metrics.summary()
+    assert summary["dice"] == pytest.approx(dice_score(preds, targets).mean().item())
+    assert summary["iou"] == pytest.approx(iou_score(preds, targets).mean().item())
+    inter = (preds & targets).sum().item()
+    assert summary["dice_micro"] == pytest.approx(2 * inter / (preds.sum().item() + targets.sum().item()))
+    assert summary["iou_micro"] == pytest.approx(inter / (preds | targets).sum().item())
 
 
 def test_split_metrics_micro_pools_pixels() -> None:
@@ -47,6 +86,18 @@ def test_split_metrics_micro_pools_pixels() -> None:
     summary = metrics.summary()
     assert summary["dice_micro"] == pytest.approx(2 * 4 / (5 + 7))
     assert summary["iou_micro"] == pytest.approx(4 / (5 + 7 - 4))
+    assert summary["dice"] == pytest.approx((6 / 10 + 1) / 2)  # differs from micro: both are reported
+
+
+def test_split_metrics_of_nothing_are_nan() -> None:
+    summary = SegmentationMetrics().summary()
+    assert summary["images"] == 0 and summary["dice"] != summary["dice"]
+
+
+def test_split_metrics_all_empty_images_score_one() -> None:
+    metrics = SegmentationMetrics()
+    metrics.update(*masks([], []))
+    assert metrics.summary()["dice_micro"] == 1.0 and metrics.summary()["iou_micro"] == 1.0
 
 
 def test_split_metrics_worst_lists_lowest_dice_first() -> None:
@@ -54,19 +105,14 @@ def test_split_metrics_worst_lists_lowest_dice_first() -> None:
     metrics.update(*masks([1], [1]), names=["good"])
     metrics.update(*masks([1], [2]), names=["bad"])
     metrics.update(*masks([1, 2], [2]), names=["half"])
-    assert [row["name"] for row in metrics.worst(2)] == ["bad", "half"]
+    worst = metrics.worst(2)
+    assert [row["name"] for row in worst] == ["bad", "half"]
+    assert worst[1]["dice"] == pytest.approx(2 / 3) and worst[1]["iou"] == pytest.approx(1 / 2)
 
 
-def test_loss_is_small_for_confident_right_logits_and_large_for_wrong() -> None:
-    target = torch.zeros(2, 1, 8, 8)
-    target[:, :, 2:6, 2:6] = 1
-    right = (target * 2 - 1) * 12
-    loss = BCEDiceLoss()
-    assert loss(right, target).item() < 0.01
-    assert loss(-right, target).item() > 5
-
-
-def test_soft_dice_loss_is_between_zero_and_one() -> None:
-    torch.manual_seed(0)
-    value = soft_dice_loss(torch.randn(4, 1, 16, 16), (torch.rand(4, 1, 16, 16) > 0.5).float()).item()
-    assert 0.0 <= value <= 1.0
+def test_split_metrics_names_default_to_running_indices() -> None:
+    metrics = SegmentationMetrics()
+    metrics.update(*masks([1], [1]))
+    pair = torch.zeros(2, 10, dtype=torch.bool)
+    metrics.update(pair, pair)
+    assert metrics.names == ["0", "1", "2"]

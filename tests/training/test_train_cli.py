@@ -1,7 +1,10 @@
 """The training command line on a tiny synthetic dataset: it learns, writes, resumes and fails clearly."""
+
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,101 +12,224 @@ import torch
 from PIL import Image
 
 from models.checkpoint import load_checkpoint
+from tests.training._runs import train
+from training.fit import HISTORY_KEYS
 from training.train import main
 
-FAST = ["--image-size", "32", "--limit", "8", "-b", "4", "--workers", "0", "--device", "cpu", "--seed", "1"]
+slow = pytest.mark.slow  # trains (or shares a fixture that trains): several seconds on a 2-core CPU
 
 
-def train(pet_dataset: Path, out: Path, *extra: str) -> int:
-    return main(["--data_path", str(pet_dataset), "--out", str(out), *FAST, *extra])
+def history(run: Path) -> dict[str, list[float]]:
+    return json.loads((run / "history.json").read_text())
+
+
+def adam_steps(checkpoint: Path) -> list[float]:
+    state = load_checkpoint(checkpoint).training_state["optimizer"]["state"]
+    return sorted({float(s["step"]) for s in state.values()})
+
+
+# --- one straight 2-epoch run (the shared ``unet_run``) -----------------------------------------------------
+
+
+@slow
+def test_train_lowers_the_training_loss(unet_run: Path) -> None:
+    losses = history(unet_run)["train_loss"]
+    assert min(losses[1:]) < losses[0]
+
+
+@slow
+def test_train_history_has_one_entry_per_epoch_for_every_key(unet_run: Path) -> None:
+    run = history(unet_run)
+    assert run["epoch"] == [1.0, 2.0]
+    assert set(HISTORY_KEYS) <= set(run) and all(len(run[key]) == 2 for key in HISTORY_KEYS)
+
+
+@slow
+def test_train_writes_best_last_history_and_curves(unet_run: Path) -> None:
+    assert sorted(p.name for p in unet_run.iterdir()) == ["best.pt", "curves.png", "history.json", "last.pt"]
+
+
+@slow
+def test_train_curves_are_a_valid_png(unet_run: Path) -> None:
+    with Image.open(unet_run / "curves.png") as image:
+        image.verify()
+        assert image.format == "PNG"
+
+
+@slow
+def test_train_checkpoint_loads_with_weights_only(unet_run: Path) -> None:
+    raw = torch.load(unet_run / "last.pt", map_location="cpu", weights_only=True)
+    assert raw["format"] == "petseg-checkpoint/1"
+
+
+@slow
+def test_train_checkpoint_holds_what_resuming_and_serving_need(unet_run: Path) -> None:
+    last = load_checkpoint(unet_run / "last.pt", expected_arch="unet")
+    assert (last.arch, last.image_size, last.epoch) == ("unet", 32, 2)
+    assert {"train_loss", "train_dice", "val_loss", "val_dice", "val_iou"} <= set(last.metrics)
+    assert last.metrics["val_dice"] == history(unet_run)["val_dice"][-1]
+    assert (last.config["learning_rate"], last.config["seed"], last.config["limit"]) == (3e-3, 1, 8)
+    state = last.training_state
+    assert state is not None and state["optimizer"]["state"] and state["history"]["epoch"] == [1.0, 2.0]
+
+
+@slow
+def test_train_best_checkpoint_is_the_best_valid_epoch(unet_run: Path) -> None:
+    dice = history(unet_run)["val_dice"]
+    best = load_checkpoint(unet_run / "best.pt")
+    assert best.metrics["val_dice"] == max(dice)
+    assert best.epoch == 1 + dice.index(max(dice))
+
+
+@slow
+def test_train_checkpoint_builds_a_model_that_predicts(unet_run: Path) -> None:
+    model = load_checkpoint(unet_run / "best.pt").build_model().eval()
+    with torch.inference_mode():
+        assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 1, 32, 32)
+
+
+# --- resume: 1 epoch, then ``--model last -e 2`` ------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def three_epochs(pet_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "unet"
-    assert train(pet_dataset, out, "-n", "UNet", "-e", "3", "-lr", "3e-3") == 0
+def one_epoch(pets30: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("one") / "run"
+    assert train(pets30, out, "-e", "1") == 0
     return out
 
 
-def test_train_lowers_the_loss(three_epochs: Path) -> None:
-    history = json.loads((three_epochs / "history.json").read_text())
-    assert history["epoch"] == [1.0, 2.0, 3.0]
-    assert min(history["train_loss"][1:]) < history["train_loss"][0]
+@pytest.fixture(scope="module")
+def resumed(one_epoch: Path, pets30: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("resumed") / "run"
+    out.mkdir()
+    shutil.copy2(one_epoch / "last.pt", out / "last.pt")
+    assert train(pets30, out, "-e", "2", "--model", "last") == 0
+    return out
 
 
-def test_train_writes_best_last_history_and_curves(three_epochs: Path) -> None:
-    for name in ("best.pt", "last.pt", "history.json", "curves.png"):
-        assert (three_epochs / name).is_file(), name
-    assert Image.open(three_epochs / "curves.png").format == "PNG"
+@slow
+def test_train_one_epoch_takes_one_optimizer_step_per_batch(one_epoch: Path) -> None:
+    assert adam_steps(one_epoch / "last.pt") == [1.0]  # 8 images, one batch of 8
 
 
-def test_train_checkpoint_holds_what_resuming_needs(three_epochs: Path) -> None:
-    last = load_checkpoint(three_epochs / "last.pt")
-    assert (last.arch, last.image_size, last.epoch) == ("unet", 32, 3)
-    assert {"val_dice", "val_iou", "train_loss", "val_loss"} <= set(last.metrics)
-    assert last.config["learning_rate"] == 3e-3
-    assert last.training_state is not None and last.training_state["optimizer"]["state"]
-    best = load_checkpoint(three_epochs / "best.pt")
-    assert best.metrics["val_dice"] == max(json.loads((three_epochs / "history.json").read_text())["val_dice"])
+@slow
+def test_train_resume_continues_at_the_next_epoch_only(resumed: Path, one_epoch: Path) -> None:
+    assert load_checkpoint(resumed / "last.pt").epoch == 2
+    run = history(resumed)
+    assert run["epoch"] == [1.0, 2.0]
+    assert run["train_loss"][0] == history(one_epoch)["train_loss"][0]  # epoch 1 carried over, not re-run
 
 
-def _adam_steps(path: Path) -> float:
-    state = load_checkpoint(path).training_state["optimizer"]["state"]
-    return float(next(iter(state.values()))["step"])
+@slow
+def test_train_resume_restores_the_optimizer(resumed: Path, one_epoch: Path) -> None:
+    assert adam_steps(resumed / "last.pt") == [2 * adam_steps(one_epoch / "last.pt")[0]]
 
 
-def test_train_resume_continues_at_the_next_epoch_with_the_optimizer(pet_dataset: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    assert train(pet_dataset, out, "-e", "1") == 0
-    steps_after_one = _adam_steps(out / "last.pt")
-    assert train(pet_dataset, out, "-e", "2", "--model", str(out / "last.pt")) == 0
-    last = load_checkpoint(out / "last.pt")
-    assert last.epoch == 2
-    assert last.training_state["history"]["epoch"] == [1.0, 2.0]
-    assert _adam_steps(out / "last.pt") == 2 * steps_after_one
+@slow
+def test_train_resume_past_the_target_does_nothing(one_epoch: Path, pets30: Path) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in one_epoch.iterdir()}
+    assert train(pets30, one_epoch, "-e", "1", "--model", "last") == 0
+    assert {p.name: p.stat().st_mtime_ns for p in one_epoch.iterdir()} == before
+    assert load_checkpoint(one_epoch / "last.pt").epoch == 1
 
 
-def test_train_resume_past_the_target_does_nothing(pet_dataset: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    assert train(pet_dataset, out, "-e", "1") == 0
-    before = (out / "last.pt").stat().st_mtime_ns
-    assert train(pet_dataset, out, "-e", "1", "--model", "last") == 0
-    assert (out / "last.pt").stat().st_mtime_ns == before
-
-
-def test_train_resume_into_another_arch_is_exit_2(three_epochs: Path, pet_dataset: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    code = train(pet_dataset, tmp_path / "x", "-n", "resnet34_unet", "--model", str(three_epochs / "last.pt"))
+@slow
+def test_train_resume_into_another_arch_is_exit_2(
+    one_epoch: Path, pets30: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = train(pets30, tmp_path / "x", "-n", "resnet34_unet", "--model", str(one_epoch / "last.pt"))
     assert code == 2
-    assert "holds a 'unet' model, not 'resnet34_unet'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds a 'unet' model, not 'resnet34_unet'" in err and "last.pt" in err
+    assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("flags", [["--epochs", "0"], ["--net", "segformer"], ["--amp", "fp8"], ["-b", "x"]])
-def test_train_bad_flags_exit_2(flags: list[str]) -> None:
+def test_train_resume_from_a_missing_checkpoint_is_exit_2(
+    pets30: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train(pets30, tmp_path / "x", "--model", "last") == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+# --- flags and data errors ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--epochs", "0"],
+        ["--net", "foo"],
+        ["--amp", "xyz"],
+        ["-lr", "-1"],
+        ["--image-size", "0"],
+        ["-b", "x"],
+        ["--augment", "heavy"],
+    ],
+    ids=["epochs-0", "net-foo", "amp-xyz", "negative-lr", "image-size-0", "batch-x", "augment-heavy"],
+)
+def test_train_bad_flags_exit_2(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(flags)
     assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
 
 
-def test_train_missing_data_is_exit_2_naming_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--data_path", str(tmp_path / "nowhere"), "-e", "1"]) == 2
+def test_train_unknown_net_lists_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--net", "foo"])
+    assert "resnet34_unet, unet" in capsys.readouterr().err
+
+
+def test_train_missing_data_is_exit_2_naming_the_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--data_path", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "-e", "1"]) == 2
     err = capsys.readouterr().err
-    assert "data folder not found" in err and "nowhere" in err
+    assert "not found" in err and "nowhere" in err
 
 
-def test_train_with_bf16_autocast_on_the_cpu(pet_dataset: Path, tmp_path: Path) -> None:
-    assert train(pet_dataset, tmp_path / "bf16", "-e", "1", "--amp", "bf16", "-n", "resnet34_unet") == 0
-    assert torch.isfinite(torch.tensor(load_checkpoint(tmp_path / "bf16" / "last.pt").metrics["train_loss"]))
+# --- bf16 and bad files -------------------------------------------------------------------------------------
 
 
-def test_train_skip_bad_reports_and_continues(pet_dataset: Path, tmp_path: Path,
-                                              caplog: pytest.LogCaptureFixture) -> None:
-    import shutil
+@slow
+def test_train_with_bf16_autocast_on_the_cpu(
+    pets30: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="training")
+    assert train(pets30, tmp_path / "bf16", "-e", "1", "--amp", "bf16", "-n", "resnet34_unet") == 0
+    assert any("(bf16," in record.getMessage() for record in caplog.records)  # autocast really was bf16
+    last = load_checkpoint(tmp_path / "bf16" / "last.pt")
+    assert last.arch == "resnet34_unet" and last.config["amp"] == "bf16"
+    assert all(v.dtype != torch.bfloat16 for v in last.model_state.values())  # weights stay fp32
+    assert torch.isfinite(torch.tensor([last.metrics["train_loss"], last.metrics["val_loss"]])).all()
 
-    root = tmp_path / "pets"
-    shutil.copytree(pet_dataset, root)
-    name = (root / "annotations/trainval.txt").read_text().splitlines()[4].split()[0]
+
+@pytest.fixture(scope="module")
+def corrupt_copy(pets30: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A copy of the dataset with one train image (trainval line 4) replaced by a broken JPEG."""
+    root = tmp_path_factory.mktemp("corrupt") / "pets"
+    shutil.copytree(pets30, root)
+    name = (root / "annotations" / "trainval.txt").read_text().splitlines()[4].split()[0]
     (root / "images" / f"{name}.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    assert main(["--data_path", str(root), "--out", str(tmp_path / "r"), *FAST, "-e", "1"]) == 2
+    return root, name
+
+
+def test_train_bad_file_is_exit_2_naming_it(
+    corrupt_copy: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, name = corrupt_copy
+    assert train(root, tmp_path / "r", "-e", "1") == 2
+    err = capsys.readouterr().err
+    assert f"{name}.jpg" in err and "--skip-bad" in err
+
+
+@slow
+def test_train_skip_bad_reports_and_continues(
+    corrupt_copy: tuple[Path, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, name = corrupt_copy
     assert train(root, tmp_path / "r", "-e", "1", "--skip-bad") == 0
-    assert any("skipped 1 of" in record.getMessage() for record in caplog.records)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("skipped 1 of 27" in m for m in messages)
+    assert any(f"{name}.jpg" in m for m in messages)
+    assert (tmp_path / "r" / "last.pt").is_file()
