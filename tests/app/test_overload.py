@@ -1,0 +1,122 @@
+"""Overload and faults: a full queue answers 503 + Retry-After, out-of-memory is a 503 the service survives,
+the event loop stays free while the model works, and batching does not change the answers."""
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.main import create_app
+from tests.factories import blob_image, jpeg_bytes
+
+PHOTOS = [jpeg_bytes(blob_image(80, 60, seed=i)[0]) for i in range(4)]
+
+
+def post(client: TestClient, data: bytes):  # noqa: ANN201
+    return client.post("/segment", files={"image": ("p.jpg", data, "image/jpeg")})
+
+
+def app_client(checkpoint: Path, **overrides: object) -> TestClient:
+    return TestClient(create_app(Settings(checkpoint=checkpoint, device="cpu", _env_file=None, **overrides)))
+
+
+def slow_down(client: TestClient, seconds: float, started: threading.Event | None = None) -> None:
+    segmenter = client.app.state.service.segmenter
+    real = segmenter.forward
+
+    def slow(batch: torch.Tensor) -> torch.Tensor:
+        if started is not None:
+            started.set()
+        time.sleep(seconds)
+        return real(batch)
+
+    client.app.state.service.runner._forward = slow
+
+
+def test_full_queue_answers_503_with_retry_after(tiny_checkpoint: Path) -> None:
+    with app_client(tiny_checkpoint, max_queue=1) as client:
+        slow_down(client, 0.5)
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(lambda d: post(client, d), PHOTOS + PHOTOS[:2]))
+    refused = [r for r in responses if r.status_code == 503]
+    assert refused, [r.status_code for r in responses]
+    assert all(r.headers["retry-after"] and "capacity" in r.json()["detail"] for r in refused)
+    assert any(r.status_code == 200 for r in responses)
+
+
+def test_out_of_memory_is_a_503_and_the_service_keeps_serving(tiny_checkpoint: Path) -> None:
+    with app_client(tiny_checkpoint) as client:
+        runner = client.app.state.service.runner
+        real = runner._forward
+
+        def oom(batch: torch.Tensor) -> torch.Tensor:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+        runner._forward = oom
+        response = post(client, PHOTOS[0])
+        assert response.status_code == 503
+        assert "out of device memory" in response.json()["detail"] and response.headers["retry-after"]
+        runner._forward = real
+        assert post(client, PHOTOS[0]).status_code == 200
+
+
+def test_request_timeout_is_a_503(tiny_checkpoint: Path) -> None:
+    with app_client(tiny_checkpoint, request_timeout_s=0.2) as client:
+        slow_down(client, 1.0)
+        response = post(client, PHOTOS[0])
+    assert response.status_code == 503 and "did not answer within" in response.json()["detail"]
+
+
+def test_health_answers_while_the_model_is_busy(tiny_checkpoint: Path) -> None:
+    with app_client(tiny_checkpoint) as client:
+        started = threading.Event()
+        slow_down(client, 1.5, started)
+        finished: list[float] = []
+        worker = threading.Thread(target=lambda: (post(client, PHOTOS[0]), finished.append(time.monotonic())))
+        worker.start()
+        assert started.wait(30)
+        assert client.get("/health").status_code == 200
+        health_done = time.monotonic()
+        worker.join()
+    assert health_done < finished[0]  # /health returned while the segmentation was still running
+
+
+def _masks(client: TestClient) -> list[str]:
+    with ThreadPoolExecutor(4) as pool:
+        return [r.json()["mask_png"] for r in pool.map(lambda d: post(client, d), PHOTOS)]
+
+
+def test_micro_batching_gives_the_same_masks(tiny_checkpoint: Path) -> None:
+    with app_client(tiny_checkpoint, max_batch=1, precision="fp32") as single:
+        expected = _masks(single)
+    with app_client(tiny_checkpoint, max_batch=4, batch_wait_ms=200, precision="fp32") as batched:
+        sizes: list[int] = []
+        runner = batched.app.state.service.runner
+        real = runner._forward
+        runner._forward = lambda batch: (sizes.append(batch.shape[0]), real(batch))[1]
+        got = _masks(batched)
+    assert max(sizes) > 1  # batches really formed
+    assert [base64.b64decode(m) for m in got] == [base64.b64decode(m) for m in expected]
+
+
+def test_concurrent_requests_are_safe_and_deterministic(client: TestClient) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: post(client, PHOTOS[1]), range(8)))
+    assert all(r.status_code == 200 for r in responses)
+    assert len({r.json()["mask_png"] for r in responses}) == 1
+
+
+@pytest.mark.parametrize("value", ["2", "-1"])
+def test_invalid_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from app.config import SettingsError, load_settings
+
+    monkeypatch.setenv("PETSEG_THRESHOLD", value)
+    with pytest.raises(SettingsError, match="PETSEG_THRESHOLD"):
+        load_settings()
