@@ -18,7 +18,6 @@ from app.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestLogMidd
 from app.routes import health, segment
 from app.service import SegmentationService
 from models.checkpoint import CheckpointError
-from models.inference import Segmenter
 
 __all__ = ["app", "create_app"]
 
@@ -37,9 +36,7 @@ def _load_service(settings: Settings) -> SegmentationService:
         hint = " (the embedded default model is missing: reinstall, or set PETSEG_CHECKPOINT)" if \
             path.name == "default.pt" else " (check PETSEG_CHECKPOINT)"
         raise CheckpointError(f"checkpoint not found: {path}{hint}")
-    segmenter = Segmenter.from_file(path, device=settings.device, precision=settings.precision,
-                                    allow_untrained=settings.allow_untrained)
-    return SegmentationService(segmenter, settings)
+    return SegmentationService.load(settings)
 
 
 @asynccontextmanager
@@ -57,7 +54,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     state.service = service
     state.status = "warming up"
-    await run_in_threadpool(service.segmenter.warmup)
+    await run_in_threadpool(service.warmup)
     info = service.segmenter.info
     metrics.set_model_info(info.arch, info.device, info.precision, info.checkpoint_sha256 or "")
     log.info("serving %s (epoch %d, %d parameters) on %s in %s from %s", info.arch, info.epoch, info.parameters,

@@ -36,13 +36,29 @@ class SegmentResult:
 class SegmentationService:
     """Holds the loaded model and the batch runner; ``segment`` is safe to call concurrently."""
 
-    def __init__(self, segmenter: Segmenter, settings: Settings) -> None:
+    def __init__(self, segmenter: Segmenter, settings: Settings, runner: BatchRunner | None = None) -> None:
         self.segmenter = segmenter
         self.settings = settings
         max_batch = settings.max_batch or (8 if segmenter.device.type == "cuda" else 1)
-        self.runner = BatchRunner(segmenter.forward, max_batch=max_batch, batch_wait_ms=settings.batch_wait_ms,
-                                  max_queue=settings.max_queue, on_batch=self._record_batch)
-        self.batch_sizes: list[int] = []
+        self.runner = runner or BatchRunner(max_queue=settings.max_queue)
+        self.runner.configure(segmenter.forward, max_batch=max_batch, batch_wait_ms=settings.batch_wait_ms,
+                              on_batch=self._record_batch)
+
+    @classmethod
+    def load(cls, settings: Settings) -> SegmentationService:
+        """Load the checkpoint on the model thread, the only thread that will run the model."""
+        runner = BatchRunner(max_queue=settings.max_queue)
+        try:
+            segmenter = runner.call(lambda: Segmenter.from_file(
+                settings.checkpoint, device=settings.device, precision=settings.precision,
+                allow_untrained=settings.allow_untrained))
+        except BaseException:
+            runner.close()
+            raise
+        return cls(segmenter, settings, runner)
+
+    def warmup(self) -> float:
+        return self.runner.call(self.segmenter.warmup)
 
     def _record_batch(self, size: int, seconds: float) -> None:
         from app.metrics import observe_batch  # local import: metrics are optional for unit tests
