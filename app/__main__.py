@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 import uvicorn
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     level = (args.log_level or settings.log_level).lower()
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal; with this no-op handler restored
+    # underneath it, the process then exits 0 instead of dying by the signal.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run("app.main:app", host=args.host, port=args.port, workers=args.workers, log_level=level,
                 timeout_graceful_shutdown=30, access_log=False)  # app.access logs richer lines
     return 0

@@ -54,7 +54,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     state.service = service
     state.status = "warming up"
-    await run_in_threadpool(service.warmup)
+    try:
+        await run_in_threadpool(service.warmup)
+    except Exception as exc:  # e.g. out of device memory: report it in one line and release the model thread
+        state.startup_error = f"warm-up failed: {exc}"
+        log.error("cannot start: warm-up failed: %s", exc)
+        state.service = None
+        await run_in_threadpool(service.close)
+        raise
     info = service.segmenter.info
     metrics.set_model_info(info.arch, info.device, info.precision, info.checkpoint_sha256 or "")
     log.info("serving %s (epoch %d, %d parameters) on %s in %s from %s", info.arch, info.epoch, info.parameters,

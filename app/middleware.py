@@ -123,10 +123,10 @@ class BodyLimitMiddleware:
 
 
 class ApiKeyMiddleware:
-    """When a key is configured, every path but /health and the page at / (which asks for the key) needs
+    """When a key is configured, every path but /health, /ready (probes) and the page at / (which asks for the key) needs
     ``X-API-Key`` or ``Authorization: Bearer``. CORS preflights pass: they carry no credentials by design."""
 
-    OPEN_PATHS = frozenset({"/health", "/"})
+    OPEN_PATHS = frozenset({"/health", "/ready", "/"})
 
     def __init__(self, app: ASGIApp, api_key: str | None) -> None:
         self.app = app

@@ -89,7 +89,7 @@ class Checkpoint:
         try:
             arch = canonical_arch_name(str(raw["arch"]))
             norm = raw.get("normalization") or {}
-            return cls(
+            checkpoint = cls(
                 arch=arch,
                 model_state=raw["model_state"],
                 image_size=int(raw["image_size"]),
@@ -105,6 +105,9 @@ class Checkpoint:
             )
         except (KeyError, TypeError, ValueError, UnknownArchitectureError) as exc:
             raise CheckpointError(f"{source} is malformed: {exc}") from None
+        if checkpoint.image_size < 1:
+            raise CheckpointError(f"{source} is malformed: image_size {checkpoint.image_size} must be >= 1")
+        return checkpoint
 
     def half(self) -> Checkpoint:
         """A copy with fp16 weights and no training state: half the size, for shipping."""
