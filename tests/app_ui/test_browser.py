@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.factories import blob_image, jpeg_bytes, png_bytes
+from tests.server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -38,12 +38,6 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (a test
 
 
 # ---------------------------------------------------------------- the server
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(checkpoint: Path, log: Path, **env: str) -> tuple[subprocess.Popen, str]:
     """Start ``python -m app`` on a free port, wait for /ready. stderr goes to ``log``: a pipe could fill."""
     port = free_port()

@@ -2,7 +2,6 @@
 against nothing at all."""
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +11,12 @@ from PIL import Image
 
 from app.client import build_parser, main
 from tests.factories import blob_image, jpeg_bytes, png_bytes
+from tests.server import free_port
 
 SIZES = [(80, 60), (50, 70)]
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+closed_port = free_port  # bound, then released: nothing listens on it
 
 
 @pytest.fixture
