@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="checkpoint to serve; default: the embedded model")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="inference precision")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the model at start-up; auto = on the CPU when a C++ compiler exists")
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="default probability threshold for the mask")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted request body")
     max_pixels: int = Field(50_000_000, gt=0, description="largest accepted image, width x height")

@@ -64,8 +64,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     info = service.segmenter.info
     metrics.set_model_info(info.arch, info.device, info.precision, info.checkpoint_sha256 or "")
-    log.info("serving %s (epoch %d, %d parameters) on %s in %s from %s", info.arch, info.epoch, info.parameters,
-             info.device, info.precision, info.checkpoint_path)
+    log.info("serving %s (epoch %d, %d parameters) on %s in %s%s from %s", info.arch, info.epoch,
+             info.parameters, info.device, info.precision, ", compiled" if info.compiled else "",
+             info.checkpoint_path)
     state.ready, state.status = True, "ready"
     try:
         yield

@@ -51,14 +51,16 @@ class SegmentationService:
         try:
             segmenter = runner.call(lambda: Segmenter.from_file(
                 settings.checkpoint, device=settings.device, precision=settings.precision,
-                allow_untrained=settings.allow_untrained))
+                compile=settings.compile, allow_untrained=settings.allow_untrained))
         except BaseException:
             runner.close()
             raise
         return cls(segmenter, settings, runner)
 
     def warmup(self) -> float:
-        return self.runner.call(self.segmenter.warmup)
+        """Warm (and compile) the batch sizes traffic will use most: single requests and full batches."""
+        sizes = (1, self.runner.max_batch)
+        return self.runner.call(lambda: self.segmenter.warmup(sizes))
 
     def _record_batch(self, size: int, seconds: float) -> None:
         from app.metrics import observe_batch  # local import: metrics are optional for unit tests

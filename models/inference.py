@@ -1,16 +1,20 @@
 """The inference engine shared by the service, ``predict`` and ``evaluate``.
 
-It owns one model on one device and picks the fastest correct path for it: bf16 autocast where the hardware
-computes bf16 natively (CUDA, or CPUs with AVX512_BF16/AMX), channels_last, ``inference_mode``, cudnn benchmark.
-Images go in as HxWx3 uint8 RGB arrays of any size; probability maps come out at the size asked for.
+It owns one model on one device and picks the fastest correct path for it: BatchNorm folded into the
+convolutions, weights held in bf16 where the hardware computes bf16 natively (CUDA, or CPUs with
+AVX512_BF16/AMX), channels_last, ``inference_mode``, cudnn benchmark, and optionally ``torch.compile`` (inductor
+with freezing: ReLU fused into the oneDNN convolutions, weights pre-packed). Images go in as HxWx3 uint8 RGB
+arrays of any size; probability maps come out at the size asked for.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +24,8 @@ import torch
 from torch import nn
 
 from models.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
-from models.runtime import autocast, resolve_device, resolve_precision
+from models.fusion import fold_batchnorm
+from models.runtime import dtype_of, resolve_compile, resolve_device, resolve_precision
 
 __all__ = ["Segmenter", "SegmenterInfo"]
 
@@ -33,6 +38,7 @@ class SegmenterInfo:
     parameters: int
     device: str
     precision: str
+    compiled: bool
     image_size: int
     checkpoint_path: str | None
     checkpoint_sha256: str | None
@@ -43,18 +49,32 @@ class SegmenterInfo:
 
 
 class Segmenter:
-    """Load once, warm up, then ``predict``/``predict_batch`` from any thread (calls are serialised)."""
+    """Load once, warm up, then ``predict``/``predict_batch`` from any thread (calls are serialised).
+
+    With ``compile`` on, :meth:`warmup` compiles the model for the batch sizes it is given; a batch of any other
+    size runs eager rather than stalling a request on a compilation of tens of seconds.
+    """
 
     def __init__(self, checkpoint: Checkpoint, *, device: str = "auto", precision: str = "auto",
-                 channels_last: bool = True, checkpoint_path: str | os.PathLike[str] | None = None) -> None:
+                 channels_last: bool = True, compile: str = "off",
+                 checkpoint_path: str | os.PathLike[str] | None = None) -> None:
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
+        self.dtype = dtype_of(self.precision)
         self.channels_last = channels_last
         self.image_size = checkpoint.image_size
-        self.model: nn.Module = checkpoint.build_model().to(self.device).eval()
+        model = checkpoint.build_model().eval()
+        self.folded_batchnorms = fold_batchnorm(model)
+        # Weights in the compute dtype: autocast would re-cast every weight on every call.
+        self.model: nn.Module = model.to(self.device, self.dtype)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self._compile_forced = compile.strip().lower() == "on"
+        self._compiled: nn.Module | None = None
+        if resolve_compile(compile, self.device):
+            self._compiled = torch.compile(self.model, dynamic=False)  # type: ignore[assignment]
+        self._compiled_shapes: set[tuple[int, ...]] = set()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: let cudnn pick the fastest kernels once
         self._mean = np.array(checkpoint.mean, dtype=np.float32) * 255.0
@@ -63,7 +83,7 @@ class Segmenter:
         path = Path(checkpoint_path) if checkpoint_path else None
         self.info = SegmenterInfo(
             arch=checkpoint.arch, parameters=sum(p.numel() for p in self.model.parameters()),
-            device=str(self.device), precision=self.precision, image_size=self.image_size,
+            device=str(self.device), precision=self.precision, compiled=False, image_size=self.image_size,
             checkpoint_path=str(path) if path else None, checkpoint_sha256=file_sha256(path) if path else None,
             epoch=checkpoint.epoch, metrics=dict(checkpoint.metrics), created_at=checkpoint.created_at,
             card=dict(checkpoint.card),
@@ -71,12 +91,12 @@ class Segmenter:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], *, device: str = "auto", precision: str = "auto",
-                  allow_untrained: bool = False) -> Segmenter:
+                  compile: str = "off", allow_untrained: bool = False) -> Segmenter:
         """Load a checkpoint file safely. A checkpoint that never trained (epoch 0) is refused unless allowed."""
         checkpoint = load_checkpoint(path)
         if checkpoint.epoch < 1 and not allow_untrained:
             raise CheckpointError(f"{path} holds untrained weights (epoch 0); refusing to serve random predictions")
-        return cls(checkpoint, device=device, precision=precision, checkpoint_path=path)
+        return cls(checkpoint, device=device, precision=precision, compile=compile, checkpoint_path=path)
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """HxWx3 uint8 -> normalised (3, S, S) float tensor at the model's input size."""
@@ -86,15 +106,48 @@ class Segmenter:
         normalised = (resized.astype(np.float32) - self._mean) * self._inv_std
         return torch.from_numpy(normalised.transpose(2, 0, 1).copy())
 
+    @property
+    def compiled(self) -> bool:
+        """True once at least one batch size runs the compiled model."""
+        return self._compiled is not None and bool(self._compiled_shapes)
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        if self._compiled is not None and tuple(batch.shape) in self._compiled_shapes:
+            with _frozen_weights():
+                return self._compiled(batch)
+        return self.model(batch)
+
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised -> (B, S, S) fp32 foreground probabilities on the CPU."""
-        batch = batch.to(self.device, non_blocking=True)
+        batch = batch.to(self.device, self.dtype, non_blocking=True)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with self._lock, autocast(self.device, self.precision):
-            logits = self.model(batch)
+        with self._lock:
+            logits = self._run(batch)
         return torch.sigmoid(logits.float())[:, 0].cpu()
+
+    @torch.inference_mode()
+    def _compile_for(self, batch_size: int) -> None:
+        """Compile for one batch size; under ``compile=auto`` a failure (no working toolchain...) means eager."""
+        assert self._compiled is not None
+        shape = (batch_size, 3, self.image_size, self.image_size)
+        batch = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        started = time.perf_counter()
+        try:
+            with self._lock, _frozen_weights():
+                self._compiled(batch)
+        except Exception as exc:  # inductor raises many types; all mean "this path is not available"
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if self._compile_forced:
+                raise RuntimeError(f"torch.compile failed for batch {batch_size}: {reason}") from exc
+            log.warning("torch.compile failed (%s); serving the eager model", reason)
+            self._compiled = None
+            return
+        self._compiled_shapes.add(shape)
+        log.info("compiled for batch %d in %.1fs", batch_size, time.perf_counter() - started)
 
     def predict_batch(self, images: Sequence[np.ndarray],
                       output_sizes: Sequence[tuple[int, int]] | None = None) -> list[np.ndarray]:
@@ -117,10 +170,26 @@ class Segmenter:
         return cv2.resize(prob, size, interpolation=cv2.INTER_LINEAR)
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> float:
-        """Run dummy batches so the first request does not pay for kernel selection; returns seconds."""
+        """Compile (when enabled) and run dummy batches so the first request does not pay for kernel
+        selection; returns seconds."""
         started = time.perf_counter()
-        for size in batch_sizes:
+        for size in dict.fromkeys(batch_sizes):
+            if self._compiled is not None:
+                self._compile_for(size)
             self.forward(torch.zeros(size, 3, self.image_size, self.image_size))
+        self.info = dataclasses.replace(self.info, compiled=self.compiled)
         elapsed = time.perf_counter() - started
-        log.info("warm-up on %s (%s) took %.2fs", self.device, self.precision, elapsed)
+        log.info("warm-up on %s (%s, %s) took %.2fs", self.device, self.precision,
+                 "compiled" if self.compiled else "eager", elapsed)
         return elapsed
+
+
+@contextlib.contextmanager
+def _frozen_weights() -> Iterator[None]:
+    """Inductor's freezing: weights become constants, so BN-folded convs get ReLU fused and weights pre-packed.
+
+    Read at compile time, so it wraps every call that may compile. Imported lazily: inductor is heavy."""
+    from torch._inductor import config as inductor_config
+
+    with inductor_config.patch(freezing=True):
+        yield

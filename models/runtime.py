@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-__all__ = ["PRECISIONS", "autocast", "cpu_supports_bf16", "resolve_device", "resolve_precision"]
+__all__ = ["COMPILE_MODES", "PRECISIONS", "autocast", "cpu_supports_bf16", "dtype_of", "has_cpp_compiler",
+           "resolve_compile", "resolve_device", "resolve_precision"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE_MODES = ("auto", "on", "off")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -73,3 +77,29 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+def dtype_of(precision: str) -> torch.dtype:
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def has_cpp_compiler() -> bool:
+    """``torch.compile`` on the CPU writes C++ and builds it: it needs the compiler inductor would call."""
+    candidates = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    return any(name and shutil.which(name) for name in candidates)
+
+
+def resolve_compile(mode: str, device: torch.device) -> bool:
+    """Whether to ``torch.compile`` the inference model.
+
+    ``auto`` compiles on the CPU when a C++ compiler is installed (measured: 1.2x to 1.7x per forward here,
+    from fusing ReLU into the oneDNN convolutions and pre-packing the weights). On CUDA ``auto`` stays eager:
+    cuDNN with channels_last is already fast and compiling there has not been measured by this project;
+    ``on`` forces it anywhere.
+    """
+    mode = mode.strip().lower()
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {mode!r}; expected one of {', '.join(COMPILE_MODES)}")
+    if mode == "auto":
+        return device.type == "cpu" and has_cpp_compiler()
+    return mode == "on"

@@ -1,6 +1,7 @@
 """Shared fixtures: a synthetic dataset, a small real checkpoint, and the app built on it."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.factories import SAMPLE_DATA, make_checkpoint, make_pet_dataset
+
+# The suite runs the eager engine (servers started by tests inherit this): compiling each tiny test model would
+# cost minutes. tests/models/test_compile.py turns compilation on where it is the subject.
+os.environ.setdefault("PETSEG_COMPILE", "off")
 
 
 @pytest.fixture(scope="session")

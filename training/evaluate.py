@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from models.inference import Segmenter
-from training.cli import add_common_flags, run_cli, setup_logging
+from training.cli import add_common_flags, add_inference_flags, compile_mode_for, run_cli, setup_logging
 from training.data import SPLITS, list_split, load_sample
 from training.metrics import SegmentationMetrics
 
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint to evaluate")
     p.add_argument("--net", "-n", default=None, help="expected architecture (checked against the checkpoint)")
     p.add_argument("--split", choices=SPLITS, default="test")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    add_inference_flags(p)
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--border", choices=("checkpoint", "pet", "background"), default="checkpoint",
                    help="what trimap border pixels count as (default: as the model was trained)")
@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def run() -> int:
+        images = len(list_split(Path(args.data_path), args.split)[: args.limit])
         segmenter = Segmenter.from_file(args.model, device=args.device, precision=args.precision,
-                                        allow_untrained=True)
+                                        compile=compile_mode_for(args.compile, images), allow_untrained=True)
+        segmenter.warmup((min(args.batch_size, max(images, 1)),))
         if args.net:
             from models.checkpoint import load_checkpoint
 

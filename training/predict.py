@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from models.inference import Segmenter
-from training.cli import add_common_flags, run_cli, setup_logging
+from training.cli import add_common_flags, add_inference_flags, compile_mode_for, run_cli, setup_logging
 from training.data import SPLITS, list_split, load_sample
 from training.images import DatasetFileError, read_rgb
 from training.plots import overlay, save_comparison_grid
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=SPLITS, default=None, help="predict a dataset split instead of files")
     p.add_argument("--out", default="predictions", help="folder for the mask PNGs")
     p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    add_inference_flags(p)
     p.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
     p.add_argument("--grid", default=None, help="write an image | truth | prediction grid PNG here")
     p.add_argument("--grid-rows", type=int, default=6)
@@ -65,14 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def run() -> int:
-        segmenter = Segmenter.from_file(args.model, device=args.device, precision=args.precision,
-                                        allow_untrained=True)
-        border = segmenter.checkpoint.border_is_pet
         if args.split:
             items = [(s.name, s) for s in list_split(Path(args.data_path), args.split)]
         else:
             items = [(p.stem, p) for p in collect_inputs(args.inputs)]
         items = items[: args.limit]
+        segmenter = Segmenter.from_file(args.model, device=args.device, precision=args.precision,
+                                        compile=compile_mode_for(args.compile, len(items)), allow_untrained=True)
+        segmenter.warmup((1,))
+        border = segmenter.checkpoint.border_is_pet
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         grid_rows = []

@@ -98,6 +98,7 @@ def test_model_describes_the_served_checkpoint(client: TestClient, tiny_checkpoi
     assert info["epoch"] == 1
     assert info["validation_dice"] == 0.5
     assert info["max_batch"] == 1  # auto on CPU
+    assert info["compiled"] is False  # the suite sets PETSEG_COMPILE=off
 
 
 def test_model_reports_requested_precision(api: TestClient) -> None:
