@@ -10,12 +10,13 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.errors import ApiError
 
-__all__ = ["DecodedImage", "decode_ground_truth", "decode_image", "encode_png", "render_output"]
+__all__ = ["DecodedImage", "decode_ground_truth", "decode_image", "encode_mask_png", "encode_png", "render_output"]
 
 SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"}
 _ORIENTATION_SWAPS_AXES = {5, 6, 7, 8}
@@ -130,12 +131,32 @@ def encode_png(array: np.ndarray, mode: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
+# A binary mask is long runs of 0 and 255: no PNG row filter and run-length deflate encode a 12-megapixel mask
+# 2.5x faster than Pillow's adaptive filters, and smaller.
+_MASK_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE,
+                    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """8-bit grayscale PNG of a mask: 255 pet, 0 background. Accepts booleans or 0/255 uint8."""
+    if mask.dtype == bool:
+        mask = mask.astype(np.uint8) * 255
+    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(mask), _MASK_PNG_PARAMS)
+    if not ok:
+        raise RuntimeError(f"PNG encoding failed for a {mask.shape} mask")
+    return buffer.tobytes()
+
+
 def render_output(kind: str, mask: np.ndarray, probability: np.ndarray, rgb: np.ndarray | None) -> bytes:
-    """PNG bytes for ``mask`` (0/255), ``probability`` (0..255), ``overlay`` (tinted RGB), ``cutout`` (RGBA)."""
+    """PNG bytes for ``mask`` (0/255), ``probability`` (0..255), ``overlay`` (tinted RGB), ``cutout`` (RGBA).
+
+    ``mask`` is boolean; ``probability`` is float in [0, 1] or already uint8 on the 0..255 scale."""
     if kind == "mask":
-        return encode_png(mask.astype(np.uint8) * 255)
+        return encode_mask_png(mask)
     if kind == "probability":
-        return encode_png((probability * 255.0 + 0.5).astype(np.uint8))
+        if probability.dtype != np.uint8:
+            probability = (probability * 255.0 + 0.5).astype(np.uint8)
+        return encode_png(probability)
     assert rgb is not None and rgb.shape[:2] == mask.shape, "overlay and cutout need the full-size image"
     if kind == "overlay":
         out = rgb.copy()

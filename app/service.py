@@ -10,7 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from app.batching import BatchRunner
 from app.config import Settings
-from app.imaging import DecodedImage, decode_ground_truth, decode_image, render_output
+from app.imaging import DecodedImage, decode_ground_truth, decode_image, encode_mask_png, render_output
+from app.postprocess import dice_score, to_full_size
 from models.inference import Segmenter
 
 __all__ = ["OUTPUTS", "SegmentResult", "SegmentationService"]
@@ -84,19 +85,14 @@ class SegmentationService:
 
     def _finish(self, prob_small: np.ndarray, decoded: DecodedImage, truth: np.ndarray | None, threshold: float,
                 output: str) -> tuple[float, float, float | None, bytes, bytes]:
-        prob = self.segmenter.resize_probability(prob_small, (decoded.width, decoded.height))
-        mask = prob > threshold
-        fraction = float(mask.mean())
-        dice = None
-        if truth is not None:
-            inter = float(np.count_nonzero(mask & truth))
-            total = float(np.count_nonzero(mask)) + float(np.count_nonzero(truth))
-            dice = 2.0 * inter / total if total else 1.0
-        mask_png = render_output("mask", mask, prob, None)
+        prediction = to_full_size(prob_small, (decoded.width, decoded.height), threshold)
+        dice = dice_score(prediction.mask_bool, truth) if truth is not None else None
+        mask_png = encode_mask_png(prediction.mask)
         output_png = mask_png
         if output != "mask":
-            output_png = render_output(output, mask, prob, decoded.rgb if output in ("overlay", "cutout") else None)
-        return float(prob.mean()), fraction, dice, mask_png, output_png
+            rgb = decoded.rgb if output in ("overlay", "cutout") else None
+            output_png = render_output(output, prediction.mask_bool, prediction.probability, rgb)
+        return prediction.foreground_probability, prediction.foreground_fraction, dice, mask_png, output_png
 
     async def segment(self, image: bytes, *, ground_truth: bytes | None = None, threshold: float | None = None,
                       output: str = "mask") -> SegmentResult:

@@ -1,0 +1,69 @@
+"""The 8-bit photo-size path agrees with the float reference it replaced, and mask PNGs stay 8-bit 0/255."""
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.imaging import encode_mask_png
+from app.postprocess import dice_score, to_full_size
+
+
+def _smooth_map(size: int = 64, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    noise = cv2.GaussianBlur(rng.random((size, size), dtype=np.float32), (0, 0), 6)
+    return ((noise - noise.min()) / (noise.max() - noise.min())).astype(np.float32)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+def test_mask_agrees_with_the_float_reference(threshold: float) -> None:
+    small = _smooth_map()
+    size = (640, 480)
+    result = to_full_size(small, size, threshold)
+    reference = cv2.resize(small, size, interpolation=cv2.INTER_LINEAR) > threshold
+    assert result.mask.shape == result.probability.shape == (480, 640)
+    assert 0.1 < reference.mean() < 0.9  # the threshold cuts through the map
+    assert np.mean(result.mask_bool != reference) < 0.002  # only pixels within 1/255 of the threshold move
+    assert result.foreground_fraction == pytest.approx(reference.mean(), abs=0.002)
+    assert set(np.unique(result.mask).tolist()) == {0, 255}
+
+
+def test_mean_probability_is_the_unquantised_mean() -> None:
+    small = _smooth_map()
+    result = to_full_size(small, (300, 200), 0.5)
+    assert result.foreground_probability == pytest.approx(float(small.mean(dtype=np.float64)), abs=1e-12)
+    full = cv2.resize(small, (300, 200), interpolation=cv2.INTER_LINEAR)
+    assert result.foreground_probability == pytest.approx(float(full.mean()), abs=0.01)
+
+
+def test_extreme_thresholds() -> None:
+    small = np.full((8, 8), 0.4, np.float32)
+    assert to_full_size(small, (8, 8), 0.0).foreground_fraction == 1.0
+    assert to_full_size(small, (8, 8), 1.0).foreground_fraction == 0.0
+    assert to_full_size(small, (8, 8), 0.39).foreground_fraction == 1.0
+    assert to_full_size(small, (8, 8), 0.41).foreground_fraction == 0.0
+
+
+def test_same_size_needs_no_resize() -> None:
+    small = _smooth_map(32)
+    result = to_full_size(small, (32, 32), 0.5)
+    np.testing.assert_array_equal(result.probability, np.round(small * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("mask", [np.eye(5, 7, dtype=bool), np.eye(5, 7, dtype=np.uint8) * 255])
+def test_mask_png_is_8_bit_grayscale_0_255(mask: np.ndarray) -> None:
+    image = Image.open(io.BytesIO(encode_mask_png(mask)))
+    assert image.format == "PNG" and image.mode == "L" and image.size == (7, 5)
+    np.testing.assert_array_equal(np.asarray(image), np.eye(5, 7, dtype=np.uint8) * 255)
+
+
+def test_dice_score() -> None:
+    a = np.zeros((4, 4), bool)
+    b = a.copy()
+    assert dice_score(a, b) == 1.0  # nothing to find, nothing found
+    a[0, :2] = True
+    b[0, 1:3] = True
+    assert dice_score(a, b) == pytest.approx(0.5)
