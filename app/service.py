@@ -6,10 +6,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import torch
 from starlette.concurrency import run_in_threadpool
 
 from app.batching import BatchRunner
 from app.config import Settings
+from app.coregate import CoreGate, usable_cores
 from app.imaging import DecodedImage, decode_ground_truth, decode_image, encode_mask_png, render_output
 from app.postprocess import dice_score, to_full_size
 from models.inference import Segmenter
@@ -40,9 +42,12 @@ class SegmentationService:
     def __init__(self, segmenter: Segmenter, settings: Settings, runner: BatchRunner | None = None) -> None:
         self.segmenter = segmenter
         self.settings = settings
-        max_batch = settings.max_batch or (8 if segmenter.device.type == "cuda" else 1)
+        on_cpu = segmenter.device.type == "cpu"
+        max_batch = settings.max_batch or (1 if on_cpu else 8)
+        gated = settings.exclusive_forward == "on" or (settings.exclusive_forward == "auto" and on_cpu)
+        self.gate = CoreGate(usable_cores(), enabled=gated)
         self.runner = runner or BatchRunner(max_queue=settings.max_queue)
-        self.runner.configure(segmenter.forward, max_batch=max_batch, batch_wait_ms=settings.batch_wait_ms,
+        self.runner.configure(self._forward, max_batch=max_batch, batch_wait_ms=settings.batch_wait_ms,
                               on_batch=self._record_batch)
 
     @classmethod
@@ -63,6 +68,10 @@ class SegmentationService:
         sizes = (1, self.runner.max_batch)
         return self.runner.call(lambda: self.segmenter.warmup(sizes))
 
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        with self.gate.exclusive():
+            return self.segmenter.forward(batch)
+
     def _record_batch(self, size: int, seconds: float) -> None:
         from app.metrics import observe_batch  # local import: metrics are optional for unit tests
 
@@ -75,23 +84,25 @@ class SegmentationService:
                  ) -> tuple[DecodedImage, object, np.ndarray | None]:
         # Overlay and cutout paint on the full-size photo; mask and probability only need the model's size.
         draft = None if output in ("overlay", "cutout") else self.segmenter.image_size
-        decoded = decode_image(image, max_pixels=self.settings.max_pixels, draft_size=draft)
-        truth = None
-        if ground_truth is not None:
-            truth = decode_ground_truth(ground_truth, size=(decoded.width, decoded.height),
-                                        max_pixels=self.settings.max_pixels,
-                                        border_is_pet=self.segmenter.checkpoint.border_is_pet)
-        return decoded, self.segmenter.preprocess(decoded.rgb), truth
+        with self.gate.shared():
+            decoded = decode_image(image, max_pixels=self.settings.max_pixels, draft_size=draft)
+            truth = None
+            if ground_truth is not None:
+                truth = decode_ground_truth(ground_truth, size=(decoded.width, decoded.height),
+                                            max_pixels=self.settings.max_pixels,
+                                            border_is_pet=self.segmenter.checkpoint.border_is_pet)
+            return decoded, self.segmenter.preprocess(decoded.rgb), truth
 
     def _finish(self, prob_small: np.ndarray, decoded: DecodedImage, truth: np.ndarray | None, threshold: float,
                 output: str) -> tuple[float, float, float | None, bytes, bytes]:
-        prediction = to_full_size(prob_small, (decoded.width, decoded.height), threshold)
-        dice = dice_score(prediction.mask_bool, truth) if truth is not None else None
-        mask_png = encode_mask_png(prediction.mask)
-        output_png = mask_png
-        if output != "mask":
-            rgb = decoded.rgb if output in ("overlay", "cutout") else None
-            output_png = render_output(output, prediction.mask_bool, prediction.probability, rgb)
+        with self.gate.shared():
+            prediction = to_full_size(prob_small, (decoded.width, decoded.height), threshold)
+            dice = dice_score(prediction.mask_bool, truth) if truth is not None else None
+            mask_png = encode_mask_png(prediction.mask)
+            output_png = mask_png
+            if output != "mask":
+                rgb = decoded.rgb if output in ("overlay", "cutout") else None
+                output_png = render_output(output, prediction.mask_bool, prediction.probability, rgb)
         return prediction.foreground_probability, prediction.foreground_fraction, dice, mask_png, output_png
 
     async def segment(self, image: bytes, *, ground_truth: bytes | None = None, threshold: float | None = None,
