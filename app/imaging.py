@@ -14,7 +14,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from app.coregate import usable_cores
 from app.errors import ApiError
+from app.pngwrite import encode_gray_png
 
 __all__ = ["DecodedImage", "decode_ground_truth", "decode_image", "encode_mask_png", "encode_png", "render_output"]
 
@@ -133,6 +135,7 @@ def encode_png(array: np.ndarray, mode: str | None = None) -> bytes:
 
 # A binary mask is long runs of 0 and 255: no PNG row filter and run-length deflate encode a 12-megapixel mask
 # 2.5x faster than Pillow's adaptive filters, and smaller.
+_PARALLEL_PNG_PIXELS = 2_000_000  # below this, thread hand-offs cost more than they save
 _MASK_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE,
                     cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 
@@ -141,6 +144,9 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
     """8-bit grayscale PNG of a mask: 255 pet, 0 background. Accepts booleans or 0/255 uint8."""
     if mask.dtype == bool:
         mask = mask.astype(np.uint8) * 255
+    cores = usable_cores()
+    if mask.size >= _PARALLEL_PNG_PIXELS and cores > 1:
+        return encode_gray_png(mask, threads=min(cores, 8))
     ok, buffer = cv2.imencode(".png", np.ascontiguousarray(mask), _MASK_PNG_PARAMS)
     if not ok:
         raise RuntimeError(f"PNG encoding failed for a {mask.shape} mask")

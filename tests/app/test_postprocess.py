@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 
 import cv2
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from app.imaging import encode_mask_png
+from app.pngwrite import adler32_combine, encode_gray_png
 from app.postprocess import dice_score, to_full_size
 
 
@@ -67,3 +69,49 @@ def test_dice_score() -> None:
     a[0, :2] = True
     b[0, 1:3] = True
     assert dice_score(a, b) == pytest.approx(0.5)
+
+
+# --- the multi-threaded PNG writer ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 7])
+@pytest.mark.parametrize("shape", [(1, 1), (2, 5), (301, 257), (1000, 33)])
+def test_threaded_png_decodes_to_the_same_pixels(threads: int, shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(shape[0] * 31 + threads)
+    image = (rng.random(shape) > 0.5).astype(np.uint8) * 255
+    image[: shape[0] // 2] = rng.integers(0, 256, image[: shape[0] // 2].shape, dtype=np.uint8)  # not only 0/255
+    png = encode_gray_png(image, threads)
+    decoded = Image.open(io.BytesIO(png))
+    decoded.load()  # Pillow checks the chunk CRCs
+    assert decoded.mode == "L" and decoded.size == (shape[1], shape[0])
+    np.testing.assert_array_equal(np.asarray(decoded), image)
+    np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED), image)
+
+
+def test_threaded_png_stream_checksum_is_valid() -> None:
+    image = np.tile(np.arange(256, dtype=np.uint8), (64, 3))
+    png = encode_gray_png(image, 3)
+    start = png.index(b"IDAT") + 4
+    length = int.from_bytes(png[start - 8:start - 4], "big")
+    raw = zlib.decompress(png[start:start + length])  # raises on a wrong Adler-32
+    assert len(raw) == image.shape[0] * (image.shape[1] + 1)
+
+
+def test_adler32_combine_matches_zlib() -> None:
+    rng = np.random.default_rng(0)
+    for first_len, second_len in [(0, 5), (5, 0), (1, 1), (70_000, 300_000)]:
+        a = rng.integers(0, 256, first_len, dtype=np.uint8).tobytes()
+        b = rng.integers(0, 256, second_len, dtype=np.uint8).tobytes()
+        assert adler32_combine(zlib.adler32(a), zlib.adler32(b), len(b)) == zlib.adler32(a + b)
+
+
+def test_threaded_png_rejects_what_is_not_2d_uint8() -> None:
+    with pytest.raises(ValueError, match="HxW uint8"):
+        encode_gray_png(np.zeros((4, 4, 3), np.uint8), 2)
+
+
+def test_large_masks_take_the_threaded_writer_and_stay_identical() -> None:
+    yy, xx = np.mgrid[0:1500, 0:1400]
+    mask = ((xx - 700) ** 2 + (yy - 750) ** 2 < 500**2).astype(np.uint8) * 255  # 2.1 MP: above the cut-over
+    image = Image.open(io.BytesIO(encode_mask_png(mask)))
+    assert image.mode == "L"
+    np.testing.assert_array_equal(np.asarray(image), mask)
