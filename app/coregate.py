@@ -2,10 +2,13 @@
 
 On the CPU the forward pass runs one OpenMP thread per core, and each parallel region ends at a barrier: when
 a decoding or PNG-encoding thread takes one of those cores, the whole pass waits for the descheduled OpenMP
-thread. Measured on 2 cores: the UNet served 16.7 img/s at concurrency 4 against 20.1 at concurrency 1, with
-the same model. The gate turns the overlap into turns: the forward pass holds the CPU alone (``exclusive``),
-and up to one decode or encode per core runs between forward passes (``shared``). A waiting forward pass goes
-first, so the model is never starved by a stream of new uploads.
+thread. The gate turns the overlap into turns: the forward pass holds the CPU alone (``exclusive``), and up to
+one decode or encode per core runs between forward passes (``shared``). A waiting forward pass goes first, so
+the model is never starved by a stream of new uploads.
+
+Measured on 2 cores at concurrency 4 (``PETSEG_EXCLUSIVE_FORWARD``): with an httpx load generator on the same
+machine, the UNet went from 16.7 to 20.2 img/s; with a lean load generator, ResNet34_UNet was 5% slower with the
+gate (43-44 against 45-46 img/s) and the UNet within noise. Off by default, for that reason.
 """
 from __future__ import annotations
 

@@ -44,8 +44,7 @@ class SegmentationService:
         self.settings = settings
         on_cpu = segmenter.device.type == "cpu"
         max_batch = settings.max_batch or (1 if on_cpu else 8)
-        gated = settings.exclusive_forward == "on" or (settings.exclusive_forward == "auto" and on_cpu)
-        self.gate = CoreGate(usable_cores(), enabled=gated)
+        self.gate = CoreGate(usable_cores(), enabled=settings.exclusive_forward and on_cpu)
         self.runner = runner or BatchRunner(max_queue=settings.max_queue)
         self.runner.configure(self._forward, max_batch=max_batch, batch_wait_ms=settings.batch_wait_ms,
                               on_batch=self._record_batch)

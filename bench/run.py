@@ -53,6 +53,7 @@ from bench.common import (
     RequestSpec,
     Server,
     drive,
+    drive_repeated,
     encode_image,
     fmt,
     machine_info,
@@ -144,6 +145,8 @@ class ServiceCell:
     p99_ms: float | None
     peak_rss_mb: float | None
     max_batch: int = 1
+    server_cpu_ms: float | None = None  # server process CPU time per answered request (all its threads)
+    client_cpu_ms: float | None = None  # this process's CPU time per request: the load generator's share
 
 
 @dataclass
@@ -404,14 +407,20 @@ def _photo_request(label: str, jpeg: bytes) -> RequestSpec:
 def _service_cell(server: Server, label: str, jpeg: bytes, concurrency: int, budget: Budget, max_batch: int
                   ) -> ServiceCell:
     spec = _photo_request(label, jpeg)
-    outcomes, wall = asyncio.run(drive(server.url, lambda _: spec, concurrency=concurrency,
-                                       max_requests=budget.service_requests,
-                                       max_seconds=budget.service_max_s))
+    server_cpu, client_cpu = server.cpu_s(), time.process_time()
+    outcomes, wall = asyncio.run(drive_repeated(server.url, spec, concurrency=concurrency,
+                                                max_requests=budget.service_requests,
+                                                max_seconds=budget.service_max_s))
+    client_cpu = time.process_time() - client_cpu
+    server_end = server.cpu_s()
     good = [o.latency_s for o in outcomes if o.correct]
+    per_request = 1000.0 / max(len(outcomes), 1)
     return ServiceCell(label, round(len(jpeg) / 1024, 1), concurrency, len(outcomes),
                        sum(not o.correct for o in outcomes), len(good) / wall if wall else 0.0,
                        percentile_ms(good, 50), percentile_ms(good, 95), percentile_ms(good, 99),
-                       server.peak_rss_mb(), max_batch)
+                       server.peak_rss_mb(), max_batch,
+                       (server_end - server_cpu) * per_request if server_cpu is not None and server_end else None,
+                       client_cpu * per_request)
 
 
 def _warm_service(server: Server, photos: dict[str, bytes]) -> None:
@@ -550,11 +559,11 @@ def service_table(report: BenchReport) -> str:
     for r in report.models:
         for c in r.service.cells if r.service else []:
             rows.append([r.arch, f"{c.image} ({c.jpeg_kb:.0f} KB)", str(c.max_batch), str(c.concurrency),
-                         str(c.requests),
+                         str(c.requests), fmt(c.server_cpu_ms, 1), fmt(c.client_cpu_ms, 1),
                          str(c.errors), fmt(c.images_per_s, 2), fmt(c.p50_ms), fmt(c.p95_ms), fmt(c.p99_ms),
                          fmt(c.peak_rss_mb, 0)])
-    headers = ["model", "JPEG", "max batch", "concurrency", "requests", "errors", "img/s", "p50 ms", "p95 ms",
-               "p99 ms", "server peak RSS MB"]
+    headers = ["model", "JPEG", "max batch", "concurrency", "requests", "server CPU ms/req", "client CPU ms/req",
+               "errors", "img/s", "p50 ms", "p95 ms", "p99 ms", "server peak RSS MB"]
     return markdown_table(headers, rows)
 
 
@@ -584,21 +593,29 @@ def ratio_table(report: BenchReport) -> str:
 
 
 def readme_table(report: BenchReport) -> str:
-    """One row per model for the README, with the machine underneath."""
+    """One row per model for the README, ratios included, with the machine underneath."""
     rows = []
     for r in report.models:
-        base, eng = r.baseline, r.engine
+        base, main = r.baseline, [t for t in r.engine if t.thread == "main"]
         small1, large1, small4 = _cell(r, "500x375", 1), _cell(r, "4000x3000", 1), _cell(r, "500x375", 4)
-        rows.append([r.arch, fmt(base and base.images_per_s, 2),
-                     " / ".join(f"{fmt(t.images_per_s, 2)} (b{t.batch})" for t in eng if t.thread == "main")
-                     or "–",
-                     _pct(r.ratios.get("engine_fraction_of_matmul")), fmt(small4 and small4.images_per_s, 2),
-                     f"{fmt(small1 and small1.p50_ms, 0)} / {fmt(large1 and large1.p50_ms, 0)}",
-                     fmt(r.service.peak_rss_mb if r.service else None, 0),
-                     f"{fmt(r.train_plain and r.train_plain.images_per_s, 2)} → "
-                     f"{fmt(r.train_project and r.train_project.images_per_s, 2)}"])
-    headers = ["model", "baseline img/s", "engine img/s", "of matmul peak", "service img/s (c4, 500x375)",
-               "p50 ms 500x375 / 4000x3000", "server peak RSS MB", "train img/s plain → project"]
+        other4 = _cell(r, "500x375", 4, default_batch=False)
+        rows.append([
+            r.arch, fmt(r.gflop_per_image, 1), fmt(base and base.images_per_s, 2),
+            " / ".join(fmt(t.images_per_s, 2) for t in main) or "–",
+            _x(r.ratios.get("engine_best_vs_baseline")), _pct(r.ratios.get("engine_fraction_of_matmul")),
+            fmt(small4 and small4.images_per_s, 2), _pct(r.ratios.get("service_c4_500x375_vs_engine_b1")),
+            f"{fmt(small1 and small1.p50_ms, 0)} / {fmt(large1 and large1.p50_ms, 0)} "
+            f"({_x(r.ratios.get('p50_4000x3000_vs_500x375_c1'))})",
+            f"{fmt(other4 and other4.images_per_s, 2)} ({_x(r.ratios.get('service_c4_other_batching_vs_default'))})",
+            f"{fmt(r.train_plain and r.train_plain.images_per_s, 2)} → "
+            f"{fmt(r.train_project and r.train_project.images_per_s, 2)} ({_x(r.ratios.get('train_project_vs_plain'))})",
+        ])
+    batches = "/".join(f"b{t.batch}" for t in (report.models[0].engine if report.models else []) if t.thread == "main")
+    peak = next((f"{m.tflops:.2f} TFLOP/s" for m in report.matmul if m.dtype != "fp32"), "–")
+    headers = ["model", "GFLOP/img", "baseline img/s (fp32, eager, NCHW, b1)", f"engine img/s {batches}",
+               "engine best / baseline", f"engine GFLOP/s of bf16 matmul ({peak})", "service img/s, c4, 500x375",
+               "service / engine b1", "p50 ms 500x375 / 4000x3000 (c1)",
+               "service img/s c4, micro-batching switched (vs default)", "train img/s plain → project"]
     return markdown_table(headers, rows) + "\n\n" + _machine_line(report)
 
 

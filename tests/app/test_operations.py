@@ -539,18 +539,18 @@ def test_segment_request_timeout_is_503(tiny_checkpoint: Path) -> None:
 
 # --- the core gate ------------------------------------------------------------------------------------------
 
-def test_cpu_service_gates_request_work_behind_the_forward_pass(api: TestClient) -> None:
-    gate = api.app.state.service.gate
-    assert gate.enabled  # auto on the CPU
-    with ThreadPoolExecutor(1) as pool:
-        with gate.exclusive():  # as if a forward pass were running
-            pending = pool.submit(post, api)
-            time.sleep(0.3)
-            assert not pending.done(), "the request decoded while the forward pass held the CPU"
-        assert pending.result(WAIT_S).status_code == 200
+def test_exclusive_forward_gates_request_work_behind_the_forward_pass(tiny_checkpoint: Path) -> None:
+    with app_client(tiny_checkpoint, exclusive_forward=True) as client:
+        gate = client.app.state.service.gate
+        assert gate.enabled
+        with ThreadPoolExecutor(1) as pool:
+            with gate.exclusive():  # as if a forward pass were running
+                pending = pool.submit(post, client)
+                time.sleep(0.3)
+                assert not pending.done(), "the request decoded while the forward pass held the CPU"
+            assert pending.result(WAIT_S).status_code == 200
 
 
-def test_the_gate_can_be_switched_off(tiny_checkpoint: Path) -> None:
-    with app_client(tiny_checkpoint, exclusive_forward="off") as client:
-        assert not client.app.state.service.gate.enabled
-        assert post(client).status_code == 200
+def test_the_gate_is_off_by_default(api: TestClient) -> None:
+    assert not api.app.state.service.gate.enabled
+    assert post(api).status_code == 200
