@@ -69,7 +69,7 @@ from models import build_model
 from models.checkpoint import Checkpoint
 from models.inference import Segmenter
 from models.registry import canonical_arch_name
-from models.runtime import resolve_device, resolve_precision
+from models.runtime import keep_freed_memory, resolve_device, resolve_precision
 from training.loop import StepContext, train_one_epoch
 from training.losses import BCEDiceLoss
 
@@ -714,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # UnknownArchitectureError is a ValueError
         parser.error(str(exc))
     budget = _budget(args, device)
+    keep_freed_memory()  # as the engine sets it, before the baseline too: every path runs under the same malloc
     size = args.size or (QUICK_SIZE if args.quick else 256)
     report = BenchReport(utc_now(), machine_info(), str(device),
                          {"quick": args.quick, "size": size, "sections": args.sections, "budget": budget})

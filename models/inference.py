@@ -25,7 +25,7 @@ from torch import nn
 
 from models.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
 from models.fusion import fold_batchnorm
-from models.runtime import dtype_of, resolve_compile, resolve_device, resolve_precision
+from models.runtime import dtype_of, keep_freed_memory, resolve_compile, resolve_device, resolve_precision
 
 __all__ = ["Segmenter", "SegmenterInfo"]
 
@@ -58,6 +58,7 @@ class Segmenter:
     def __init__(self, checkpoint: Checkpoint, *, device: str = "auto", precision: str = "auto",
                  channels_last: bool = True, compile: str = "off",
                  checkpoint_path: str | os.PathLike[str] | None = None) -> None:
+        keep_freed_memory()  # before the model's first allocations: see its docstring
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)

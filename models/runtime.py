@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import logging
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 __all__ = ["COMPILE_MODES", "PRECISIONS", "autocast", "cpu_supports_bf16", "dtype_of", "has_cpp_compiler",
-           "resolve_compile", "resolve_device", "resolve_precision"]
+           "keep_freed_memory", "resolve_compile", "resolve_device", "resolve_precision"]
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("auto", "on", "off")
@@ -103,3 +108,31 @@ def resolve_compile(mode: str, device: torch.device) -> bool:
     if mode == "auto":
         return device.type == "cpu" and has_cpp_compiler()
     return mode == "on"
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt() parameters, from glibc's malloc.h
+_MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's upper limit on 64-bit
+_TRIM_THRESHOLD_BYTES = 512 << 20
+
+
+@functools.lru_cache(maxsize=1)
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed activation buffers for reuse instead of handing them back to the OS.
+
+    By default glibc serves blocks above a moving threshold with a fresh ``mmap`` and trims the heap as soon as
+    its top is free, so each UNet forward pass can page-fault tens of megabytes of new zeroed memory. Measured
+    (UNet, 256x256, compiled, on a fresh process's worker thread as the service runs it): 42 to 54 ms a forward
+    pass by default, 39 to 40 ms with fixed thresholds. Process-wide and idempotent; False where the C library is
+    not glibc. The cost: memory freed after a peak stays with the process.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    applied = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES) == 1
+    applied = mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES) == 1 and applied
+    log.debug("glibc malloc thresholds %s", "fixed" if applied else "left as they were")
+    return applied

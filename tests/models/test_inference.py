@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.inference import Segmenter
-from models.runtime import cpu_supports_bf16, resolve_device, resolve_precision
+from models.runtime import cpu_supports_bf16, keep_freed_memory, resolve_device, resolve_precision
 from tests.factories import blob_image
 from training.data import list_split, load_sample
 
@@ -134,3 +136,10 @@ def test_device_cuda_without_a_gpu_is_a_clear_error(name: str) -> None:
 def test_device_garbage_is_a_clear_error(name: str) -> None:
     with pytest.raises(ValueError, match="expected auto, cpu, cuda"):
         resolve_device(name)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="malloc thresholds are a glibc setting")
+def test_malloc_thresholds_are_accepted_by_glibc() -> None:
+    keep_freed_memory.cache_clear()
+    assert keep_freed_memory() is True  # False would mean glibc refused a value (e.g. over its 32 MiB limit)
