@@ -78,8 +78,9 @@ class Segmenter:
         self._compiled_shapes: set[tuple[int, ...]] = set()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: let cudnn pick the fastest kernels once
-        self._mean = np.array(checkpoint.mean, dtype=np.float32) * 255.0
-        self._inv_std = 1.0 / (np.array(checkpoint.std, dtype=np.float32) * 255.0)
+        # Normalisation happens in forward, on the model's device: uint8 crosses threads (and the PCIe bus).
+        self._mean = torch.tensor(checkpoint.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        self._inv_std = 1.0 / (torch.tensor(checkpoint.std, device=self.device).view(1, 3, 1, 1) * 255.0)
         self._lock = threading.Lock()
         path = Path(checkpoint_path) if checkpoint_path else None
         self.info = SegmenterInfo(
@@ -100,12 +101,13 @@ class Segmenter:
         return cls(checkpoint, device=device, precision=precision, compile=compile, checkpoint_path=path)
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """HxWx3 uint8 -> normalised (3, S, S) float tensor at the model's input size."""
+        """HxWx3 uint8 -> (3, S, S) uint8 tensor at the model's input size (as training resizes: INTER_AREA).
+
+        Normalisation is left to :meth:`forward`, which does it on the device in one vectorised pass."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 RGB array, got shape {image.shape} dtype {image.dtype}")
         resized = cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA)
-        normalised = (resized.astype(np.float32) - self._mean) * self._inv_std
-        return torch.from_numpy(normalised.transpose(2, 0, 1).copy())
+        return torch.from_numpy(resized).permute(2, 0, 1)
 
     @property
     def compiled(self) -> bool:
@@ -120,8 +122,13 @@ class Segmenter:
 
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised -> (B, S, S) fp32 foreground probabilities on the CPU."""
-        batch = batch.to(self.device, self.dtype, non_blocking=True)
+        """(B, 3, S, S) -> (B, S, S) fp32 foreground probabilities on the CPU.
+
+        uint8 batches (from :meth:`preprocess`) are normalised here; float batches are taken as normalised."""
+        batch = batch.to(self.device, non_blocking=True)
+        if batch.dtype == torch.uint8:
+            batch = (batch.float() - self._mean) * self._inv_std
+        batch = batch.to(self.dtype)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with self._lock:

@@ -143,3 +143,14 @@ def test_device_garbage_is_a_clear_error(name: str) -> None:
 def test_malloc_thresholds_are_accepted_by_glibc() -> None:
     keep_freed_memory.cache_clear()
     assert keep_freed_memory() is True  # False would mean glibc refused a value (e.g. over its 32 MiB limit)
+
+
+def test_uint8_batches_are_normalised_in_forward_as_the_training_data_was(fp32: Segmenter) -> None:
+    image = blob_image(90, 70)[0]
+    pixels = fp32.preprocess(image)
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, fp32.image_size, fp32.image_size)
+    mean = np.array(fp32.checkpoint.mean, np.float32) * 255.0
+    std = np.array(fp32.checkpoint.std, np.float32) * 255.0
+    normalised = (pixels.permute(1, 2, 0).numpy().astype(np.float32) - mean) / std
+    expected = fp32.forward(torch.from_numpy(normalised.transpose(2, 0, 1).copy())[None])
+    torch.testing.assert_close(fp32.forward(pixels[None]), expected, atol=1e-5, rtol=1e-5)
