@@ -88,7 +88,7 @@ class Budget:
     iters: int = 20
     max_s: float = 12.0
     engine_batch: int = 4
-    service_requests: int = 40
+    service_requests: int = 150
     service_max_s: float = 30.0
     concurrency: tuple[int, ...] = (1, 4, 16)
     train_batch: int = 8
