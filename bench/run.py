@@ -287,30 +287,25 @@ def bench_engine(checkpoint: Checkpoint, device: torch.device, budget: Budget) -
 
     Batch 1 and ``engine_batch`` on the main thread; then batch 1 with the engine built, warmed and run on one
     fresh thread of a fresh process, as the service's model thread (``app.batching.BatchRunner``) does."""
-    size = checkpoint.image_size
-
-    def measure(segmenter: Segmenter, batch: int) -> Timing:
-        images = torch.randn(batch, 3, size, size)
-        samples = time_calls(lambda: segmenter.forward(images), device, warmup=budget.warmup + 1,
-                             iters=budget.iters, max_s=budget.max_s)
-        return to_timing(samples, batch, segmenter.precision, "main", segmenter.compiled)
-
     segmenter = _engine(checkpoint, device, (1, budget.engine_batch))
-    results = [measure(segmenter, batch) for batch in (1, budget.engine_batch)]
+    results = [_time_engine(segmenter, batch, budget) for batch in (1, budget.engine_batch)]
     del segmenter
-    results.append(in_fresh_process_thread(_measure_engine_b1, checkpoint, str(device), budget))
+    results.append(in_fresh_process_thread(_build_and_time_engine_b1, checkpoint, str(device), budget))
     return results
 
 
-def _measure_engine_b1(checkpoint: Checkpoint, device_name: str, budget: Budget) -> Timing:
-    """Build, warm and time the engine at batch 1 on the calling thread (module level: it crosses processes)."""
-    device = torch.device(device_name)
-    segmenter = _engine(checkpoint, device, (1,))
-    images = torch.randn(1, 3, checkpoint.image_size, checkpoint.image_size)
-    samples = time_calls(lambda: segmenter.forward(images), device, warmup=budget.warmup + 1,
+def _time_engine(segmenter: Segmenter, batch: int, budget: Budget) -> Timing:
+    """Time ``forward`` on one random normalised batch, on the calling thread."""
+    images = torch.randn(batch, 3, segmenter.image_size, segmenter.image_size)
+    samples = time_calls(lambda: segmenter.forward(images), segmenter.device, warmup=budget.warmup + 1,
                          iters=budget.iters, max_s=budget.max_s)
     thread = "main" if threading.current_thread() is threading.main_thread() else "worker"
-    return to_timing(samples, 1, segmenter.precision, thread, segmenter.compiled)
+    return to_timing(samples, batch, segmenter.precision, thread, segmenter.compiled)
+
+
+def _build_and_time_engine_b1(checkpoint: Checkpoint, device_name: str, budget: Budget) -> Timing:
+    """Build, warm and time the engine at batch 1 on the calling thread (module level: it crosses processes)."""
+    return _time_engine(_engine(checkpoint, torch.device(device_name), (1,)), 1, budget)
 
 
 # ---------------------------------------------------------------------------------------------- training
