@@ -125,24 +125,27 @@ class Segmenter:
         """(B, 3, S, S) -> (B, S, S) fp32 foreground probabilities on the CPU.
 
         uint8 batches (from :meth:`preprocess`) are normalised here; float batches are taken as normalised."""
+        batch = self._model_input(batch)
+        with self._lock:
+            logits = self._run(batch)
+        return torch.sigmoid(logits.float())[:, 0].cpu()
+
+    def _model_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """On the device, normalised if uint8, in the compute dtype and memory format."""
         batch = batch.to(self.device, non_blocking=True)
         if batch.dtype == torch.uint8:
             batch = (batch.float() - self._mean) * self._inv_std
         batch = batch.to(self.dtype)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with self._lock:
-            logits = self._run(batch)
-        return torch.sigmoid(logits.float())[:, 0].cpu()
+        return batch
 
     @torch.inference_mode()
     def _compile_for(self, batch_size: int) -> None:
         """Compile for one batch size; under ``compile=auto`` a failure (no working toolchain...) means eager."""
         assert self._compiled is not None
         shape = (batch_size, 3, self.image_size, self.image_size)
-        batch = torch.zeros(shape, device=self.device, dtype=self.dtype)
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = self._model_input(torch.zeros(shape))
         started = time.perf_counter()
         try:
             with self._lock, _frozen_weights():
