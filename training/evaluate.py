@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from tqdm import tqdm
 
 from models.inference import Segmenter
 from training.cli import add_common_flags, add_inference_flags, compile_mode_for, run_cli, setup_logging
-from training.data import SPLITS, list_split, load_sample
+from training.data import SPLITS, Sample, list_split, load_sample
 from training.metrics import SegmentationMetrics
 
 log = logging.getLogger("training.evaluate")
@@ -38,12 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def evaluate(segmenter: Segmenter, data_path: Path, split: str, *, batch_size: int = 8, threshold: float = 0.5,
-             border_is_pet: bool = True, limit: int | None = None, progress: bool = True) -> SegmentationMetrics:
-    """Predict every image of the split at full size and score it against its trimap-derived mask."""
-    samples = list_split(data_path, split)[:limit]
+def evaluate(segmenter: Segmenter, samples: Sequence[Sample], *, batch_size: int = 8, threshold: float = 0.5,
+             border_is_pet: bool = True, progress: bool = True, label: str = "") -> SegmentationMetrics:
+    """Predict every sample at full size and score it against its trimap-derived mask."""
     metrics = SegmentationMetrics()
-    for start in tqdm(range(0, len(samples), batch_size), desc=f"evaluate {split}", unit="batch",
+    for start in tqdm(range(0, len(samples), batch_size), desc=f"evaluate {label}".strip(), unit="batch",
                       disable=not progress):
         chunk = samples[start:start + batch_size]
         loaded = [load_sample(s, border_is_pet, None) for s in chunk]
@@ -58,18 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def run() -> int:
-        images = len(list_split(Path(args.data_path), args.split)[: args.limit])
+        samples = list_split(Path(args.data_path), args.split)[: args.limit]
         segmenter = Segmenter.from_file(args.model, device=args.device, precision=args.precision,
-                                        compile=compile_mode_for(args.compile, images), allow_untrained=True)
-        segmenter.warmup((min(args.batch_size, max(images, 1)),))
+                                        compile=compile_mode_for(args.compile, len(samples)), allow_untrained=True)
+        segmenter.warmup((min(args.batch_size, max(len(samples), 1)),))
         if args.net:
             from models.checkpoint import load_checkpoint
 
             load_checkpoint(args.model, expected_arch=args.net)
         border = segmenter.checkpoint.border_is_pet if args.border == "checkpoint" else args.border == "pet"
-        metrics = evaluate(segmenter, Path(args.data_path), args.split, batch_size=args.batch_size,
-                           threshold=args.threshold, border_is_pet=border, limit=args.limit,
-                           progress=sys.stderr.isatty())
+        metrics = evaluate(segmenter, samples, batch_size=args.batch_size, threshold=args.threshold,
+                           border_is_pet=border, progress=sys.stderr.isatty(), label=args.split)
         summary = metrics.summary()
         report = {"checkpoint": str(args.model), "arch": segmenter.info.arch, "split": args.split,
                   "data_path": str(args.data_path), "threshold": args.threshold, "border_is_pet": border,
