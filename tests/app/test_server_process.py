@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.factories import blob_image, jpeg_bytes, make_checkpoint
-from tests.server import REPO, free_port
+from tests.server import REPO, free_port, wait_until_ready
 
 pytestmark = pytest.mark.slow
 
@@ -51,18 +50,7 @@ def server(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> I
                                    stdout=subprocess.DEVNULL, stderr=stderr)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready within {READY_TIMEOUT_S:g}s: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
+        wait_until_ready(process, url, READY_TIMEOUT_S, log.read_text)
         yield Server(process, url, log)
     finally:
         if process.poll() is None:
