@@ -31,10 +31,10 @@ class Settings(BaseSettings):
     max_pixels: int = Field(50_000_000, gt=0, description="largest accepted image, width x height")
     max_batch: int = Field(0, ge=0, le=256, description="micro-batch size; 0 = auto (1 on CPU, 8 on GPU)")
     batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill")
-    exclusive_forward: bool = Field(
-        False, description="CPU inference: the forward pass gets the cores to itself, request decoding and "
-                           "encoding wait for the gaps between passes (helps when other CPU-heavy work shares "
-                           "the machine; measured neutral to 5% slower with a lean client on 2 cores)")
+    model_lanes: int = Field(
+        0, ge=0, le=64, description="forward passes that may run at once, each on an equal share of the CPU cores "
+                                    "(a pass that runs alone gets them all); 0 = auto (2 on a CPU with 2-3 cores, "
+                                    "else 1)")
     max_queue: int = Field(64, ge=1, description="requests waiting for the model before 503")
     request_timeout_s: float = Field(60.0, gt=0, description="per-request time limit")
     api_key: str | None = Field(None, description="when set, every endpoint but /health requires it")

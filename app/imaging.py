@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from app.coregate import usable_cores
+from app.cores import usable_cores
 from app.errors import ApiError
 from app.pngwrite import encode_gray_png
 

@@ -47,6 +47,7 @@ class ModelInfo(BaseModel):
     compiled: bool = Field(examples=[True], description="whether torch.compile serves the warmed batch sizes")
     input_size: int = Field(examples=[192], description="images are resized to input_size x input_size")
     max_batch: int = Field(examples=[1], description="largest micro-batch")
+    model_lanes: int = Field(examples=[2], description="forward passes that may run at once (PETSEG_MODEL_LANES)")
     checkpoint_file: str = Field(examples=["models/weights/default.pt"], description="checkpoint path")
     checkpoint_sha256: str = Field(description="sha256 of the checkpoint file")
     epoch: int = Field(examples=[100], description="training epoch of the checkpoint")

@@ -6,20 +6,30 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
 from starlette.concurrency import run_in_threadpool
 
 from app.batching import BatchRunner
 from app.config import Settings
-from app.coregate import CoreGate, usable_cores
+from app.cores import usable_cores
 from app.imaging import DecodedImage, decode_ground_truth, decode_image, encode_mask_png, render_output
 from app.postprocess import dice_score, to_full_size
 from models.inference import Segmenter
+from models.runtime import resolve_device
 
-__all__ = ["OUTPUTS", "SegmentResult", "SegmentationService"]
+__all__ = ["OUTPUTS", "SegmentResult", "SegmentationService", "model_lanes"]
 
 Output = Literal["mask", "probability", "overlay", "cutout"]
 OUTPUTS: tuple[str, ...] = ("mask", "probability", "overlay", "cutout")
+
+
+def model_lanes(settings: Settings, on_cpu: bool) -> int:
+    """``PETSEG_MODEL_LANES``, or auto: two on a CPU with two or three cores, else one.
+
+    Two lanes need their second lane to run on one thread (see ``app.cores``), which holds for 2-3 cores: the
+    machine it was measured on. On a GPU micro-batching is the lever instead."""
+    if settings.model_lanes:
+        return settings.model_lanes
+    return 2 if on_cpu and 2 <= usable_cores() <= 3 else 1
 
 
 @dataclass
@@ -44,15 +54,15 @@ class SegmentationService:
         self.settings = settings
         on_cpu = segmenter.device.type == "cpu"
         max_batch = settings.max_batch or (1 if on_cpu else 8)
-        self.gate = CoreGate(usable_cores(), enabled=settings.exclusive_forward and on_cpu)
-        self.runner = runner or BatchRunner(max_queue=settings.max_queue)
-        self.runner.configure(self._forward, max_batch=max_batch, batch_wait_ms=settings.batch_wait_ms,
+        self.runner = runner or BatchRunner(max_queue=settings.max_queue, lanes=model_lanes(settings, on_cpu))
+        self.runner.configure(segmenter.forward, max_batch=max_batch, batch_wait_ms=settings.batch_wait_ms,
                               on_batch=self._record_batch)
 
     @classmethod
     def load(cls, settings: Settings) -> SegmentationService:
-        """Load the checkpoint on the model thread, the only thread that will run the model."""
-        runner = BatchRunner(max_queue=settings.max_queue)
+        """Load the checkpoint on lane 0's thread, which will run the model (the other lanes start idle)."""
+        on_cpu = resolve_device(settings.device).type == "cpu"
+        runner = BatchRunner(max_queue=settings.max_queue, lanes=model_lanes(settings, on_cpu))
         try:
             segmenter = runner.call(lambda: Segmenter.from_file(
                 settings.checkpoint, device=settings.device, precision=settings.precision,
@@ -63,13 +73,14 @@ class SegmentationService:
         return cls(segmenter, settings, runner)
 
     def warmup(self) -> float:
-        """Warm (and compile) the batch sizes traffic will use most: single requests and full batches."""
+        """Warm (and compile) the batch sizes traffic will use most, single requests and full batches, on lane 0
+        with all the cores; then one pass on every lane with its share, so no request pays for a first call."""
+        started = time.perf_counter()
         sizes = (1, self.runner.max_batch)
-        return self.runner.call(lambda: self.segmenter.warmup(sizes))
-
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        with self.gate.exclusive():
-            return self.segmenter.forward(batch)
+        self.runner.call(lambda: self.segmenter.warmup(sizes), threads=self.runner.cores.cores)
+        for lane in range(1, self.runner.lanes):
+            self.runner.call(lambda: self.segmenter.warmup((1,)), lane=lane, threads=self.runner.cores.share)
+        return time.perf_counter() - started
 
     def _record_batch(self, size: int, seconds: float) -> None:
         from app.metrics import observe_batch  # local import: metrics are optional for unit tests
@@ -83,25 +94,23 @@ class SegmentationService:
                  ) -> tuple[DecodedImage, object, np.ndarray | None]:
         # Overlay and cutout paint on the full-size photo; mask and probability only need the model's size.
         draft = None if output in ("overlay", "cutout") else self.segmenter.image_size
-        with self.gate.shared():
-            decoded = decode_image(image, max_pixels=self.settings.max_pixels, draft_size=draft)
-            truth = None
-            if ground_truth is not None:
-                truth = decode_ground_truth(ground_truth, size=(decoded.width, decoded.height),
-                                            max_pixels=self.settings.max_pixels,
-                                            border_is_pet=self.segmenter.checkpoint.border_is_pet)
-            return decoded, self.segmenter.preprocess(decoded.rgb), truth
+        decoded = decode_image(image, max_pixels=self.settings.max_pixels, draft_size=draft)
+        truth = None
+        if ground_truth is not None:
+            truth = decode_ground_truth(ground_truth, size=(decoded.width, decoded.height),
+                                        max_pixels=self.settings.max_pixels,
+                                        border_is_pet=self.segmenter.checkpoint.border_is_pet)
+        return decoded, self.segmenter.preprocess(decoded.rgb), truth
 
     def _finish(self, prob_small: np.ndarray, decoded: DecodedImage, truth: np.ndarray | None, threshold: float,
                 output: str) -> tuple[float, float, float | None, bytes, bytes]:
-        with self.gate.shared():
-            prediction = to_full_size(prob_small, (decoded.width, decoded.height), threshold)
-            dice = dice_score(prediction.mask_bool, truth) if truth is not None else None
-            mask_png = encode_mask_png(prediction.mask)
-            output_png = mask_png
-            if output != "mask":
-                rgb = decoded.rgb if output in ("overlay", "cutout") else None
-                output_png = render_output(output, prediction.mask_bool, prediction.probability, rgb)
+        prediction = to_full_size(prob_small, (decoded.width, decoded.height), threshold)
+        dice = dice_score(prediction.mask_bool, truth) if truth is not None else None
+        mask_png = encode_mask_png(prediction.mask)
+        output_png = mask_png
+        if output != "mask":
+            rgb = decoded.rgb if output in ("overlay", "cutout") else None
+            output_png = render_output(output, prediction.mask_bool, prediction.probability, rgb)
         return prediction.foreground_probability, prediction.foreground_fraction, dice, mask_png, output_png
 
     async def segment(self, image: bytes, *, ground_truth: bytes | None = None, threshold: float | None = None,

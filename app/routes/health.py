@@ -36,6 +36,7 @@ async def model_info(service: ServiceDep) -> ModelInfo:
     return ModelInfo(
         arch=info.arch, parameters=info.parameters, device=info.device, dtype=info.precision,
         compiled=info.compiled, input_size=info.image_size, max_batch=service.runner.max_batch,
+        model_lanes=service.runner.lanes,
         checkpoint_file=info.checkpoint_path or "", checkpoint_sha256=info.checkpoint_sha256 or "",
         epoch=info.epoch, validation_dice=info.metrics.get("val_dice"), created_at=info.created_at, card=info.card,
     )

@@ -463,7 +463,7 @@ def test_segment_micro_batches_give_the_same_answers(tiny_checkpoint: Path) -> N
     probabilities = sorted(p for _, p in expected)
     assert min(np.diff(probabilities)) > 3e-6, "precondition: each photo has its own answer"
 
-    with app_client(tiny_checkpoint, max_batch=4, batch_wait_ms=50) as batched:
+    with app_client(tiny_checkpoint, max_batch=4, batch_wait_ms=50, model_lanes=1) as batched:
         runner = batched.app.state.service.runner
         sizes: list[int] = []
         first, release = threading.Event(), threading.Event()
@@ -490,7 +490,7 @@ def test_segment_micro_batches_give_the_same_answers(tiny_checkpoint: Path) -> N
 
 
 def test_segment_full_queue_is_503_with_retry_after(tiny_checkpoint: Path) -> None:
-    with app_client(tiny_checkpoint, max_queue=1) as client:
+    with app_client(tiny_checkpoint, max_queue=1, model_lanes=1) as client:
         runner = client.app.state.service.runner
         entered, release = threading.Event(), threading.Event()
         real = runner._forward
@@ -535,22 +535,3 @@ def test_segment_request_timeout_is_503(tiny_checkpoint: Path) -> None:
     assert response.status_code == 503
     assert response.json()["detail"] == "the model did not answer within 0.2s; retry later"
     assert response.headers["retry-after"] == "5"
-
-
-# --- the core gate ------------------------------------------------------------------------------------------
-
-def test_exclusive_forward_gates_request_work_behind_the_forward_pass(tiny_checkpoint: Path) -> None:
-    with app_client(tiny_checkpoint, exclusive_forward=True) as client:
-        gate = client.app.state.service.gate
-        assert gate.enabled
-        with ThreadPoolExecutor(1) as pool:
-            with gate.exclusive():  # as if a forward pass were running
-                pending = pool.submit(post, client)
-                time.sleep(0.3)
-                assert not pending.done(), "the request decoded while the forward pass held the CPU"
-            assert pending.result(WAIT_S).status_code == 200
-
-
-def test_the_gate_is_off_by_default(api: TestClient) -> None:
-    assert not api.app.state.service.gate.enabled
-    assert post(api).status_code == 200

@@ -96,7 +96,7 @@ def _masks(client: TestClient) -> list[str]:
 def test_micro_batching_gives_the_same_masks(tiny_checkpoint: Path) -> None:
     with app_client(tiny_checkpoint, max_batch=1, precision="fp32") as single:
         expected = _masks(single)
-    with app_client(tiny_checkpoint, max_batch=4, batch_wait_ms=200, precision="fp32") as batched:
+    with app_client(tiny_checkpoint, max_batch=4, batch_wait_ms=200, precision="fp32", model_lanes=1) as batched:
         sizes: list[int] = []
         runner = batched.app.state.service.runner
         real = runner._forward

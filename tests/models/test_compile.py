@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,59 @@ def test_compile_failure_when_forced_is_an_error(tiny_checkpoint: Path, monkeypa
     segmenter = Segmenter(load_checkpoint(tiny_checkpoint), device="cpu", precision="fp32", compile="on")
     with pytest.raises(RuntimeError, match="torch.compile failed for batch 1: Compiler: g\\+\\+ exited"):
         segmenter.warmup((1,))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_cpp_compiler(), reason="torch.compile on the CPU needs a C++ compiler (g++/clang++)")
+def test_one_compiled_model_serves_lanes_with_different_thread_counts_at_once(tiny_checkpoint: Path) -> None:
+    """As the service's lanes use it: warmed on one thread with 2 threads and on another with 1, then called from
+    both at the same time; every answer agrees with eager."""
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    eager = Segmenter(checkpoint, device="cpu", precision="fp32", compile="off")
+    compiled = Segmenter(checkpoint, device="cpu", precision="fp32", compile="on")
+    batches = [torch.randn(1, 3, checkpoint.image_size, checkpoint.image_size, generator=torch.Generator()
+                           .manual_seed(seed)) for seed in range(6)]
+    expected = [eager.forward(batch) for batch in batches]
+    start = threading.Barrier(2)
+
+    def lane(threads: int) -> list[torch.Tensor]:
+        torch.set_num_threads(threads)
+        compiled.warmup((1,))
+        start.wait(60)
+        return [compiled.forward(batch) for batch in batches for _ in range(3)][::3]
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(lane, 2)
+        second = pool.submit(lane, 1)
+        answers = [first.result(300), second.result(300)]
+    assert compiled.compiled
+    for got in answers:
+        for out, want in zip(got, expected, strict=True):
+            torch.testing.assert_close(out, want, atol=1e-4, rtol=1e-4)
+
+
+def test_inductor_settings_hold_for_concurrent_users_and_are_restored_after() -> None:
+    from torch._inductor import config as inductor_config
+
+    from models.inference import _frozen_weights
+
+    before = (inductor_config.freezing, inductor_config.cpp_wrapper, inductor_config.cpp.dynamic_threads)
+    inside, release = threading.Barrier(3), threading.Event()
+    seen: list[tuple[bool, bool, bool]] = []
+
+    def user() -> None:
+        with _frozen_weights():
+            inside.wait(30)
+            seen.append((inductor_config.freezing, inductor_config.cpp_wrapper,
+                         inductor_config.cpp.dynamic_threads))
+            release.wait(30)
+
+    threads = [threading.Thread(target=user) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    inside.wait(30)
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert seen == [(True, True, True)] * 2
+    assert (inductor_config.freezing, inductor_config.cpp_wrapper, inductor_config.cpp.dynamic_threads) == before

@@ -1,0 +1,201 @@
+"""Model lanes: who runs a forward pass, on how many threads, and that lanes change no answer."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app.batching import BatchRunner
+from app.cores import CoreShare
+from tests.app.helpers import app_client, mask_array
+from tests.factories import blob_image, jpeg_bytes
+
+WAIT_S = 30.0
+
+
+# --- CoreShare ------------------------------------------------------------------------------------------------
+
+def test_a_pass_alone_on_lane_0_gets_every_core() -> None:
+    share = CoreShare(cores=4, lanes=2)
+    with share.claim(0, more_waiting=False) as threads:
+        assert threads == 4
+
+
+def test_queued_work_or_a_running_pass_means_a_share() -> None:
+    share = CoreShare(cores=4, lanes=2)
+    with share.claim(0, more_waiting=True) as threads:
+        assert threads == 2
+    with share.claim(1, more_waiting=False) as running, share.claim(0, more_waiting=False) as beside:
+        assert (running, beside) == (2, 2)
+
+
+def test_only_lane_0_ever_runs_alone() -> None:
+    with CoreShare(cores=2, lanes=2).claim(1, more_waiting=False) as threads:
+        assert threads == 1
+
+
+def test_one_lane_always_gets_every_core() -> None:
+    share = CoreShare(cores=3, lanes=1)
+    with share.claim(0, more_waiting=True) as threads:
+        assert threads == 3
+
+
+def test_a_pass_alone_holds_the_others_back_and_they_then_share() -> None:
+    share = CoreShare(cores=2, lanes=2)
+    got: list[int] = []
+    entered = threading.Event()
+
+    def other_lane() -> None:
+        entered.set()
+        with share.claim(1, more_waiting=False) as threads:
+            got.append(threads)
+
+    with share.claim(0, more_waiting=False) as threads:
+        assert threads == 2
+        waiter = threading.Thread(target=other_lane)
+        waiter.start()
+        assert entered.wait(WAIT_S)
+        time.sleep(0.2)
+        assert got == [], "a pass started beside one that had all the cores"
+    waiter.join(WAIT_S)
+    assert got == [1]
+
+
+# --- BatchRunner with lanes -----------------------------------------------------------------------------------
+
+class Recorder:
+    """A forward pass that records where it ran, with how many threads, and when; ``hold`` keeps it running."""
+
+    def __init__(self) -> None:
+        self.passes: list[tuple[str, int, float, float]] = []
+        self.hold = threading.Event()
+        self.hold.set()
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        started = time.monotonic()
+        self.hold.wait(WAIT_S)
+        time.sleep(0.05)
+        with self.lock:
+            self.passes.append((threading.current_thread().name, torch.get_num_threads(), started,
+                                time.monotonic()))
+        return batch.float().mean(dim=1)
+
+
+def submit_all(runner: BatchRunner, count: int, *, concurrently: bool) -> list[np.ndarray]:
+    async def one() -> np.ndarray:
+        return await runner.submit(torch.full((3, 4, 4), 7, dtype=torch.uint8), WAIT_S)
+
+    async def main() -> list[np.ndarray]:
+        if concurrently:
+            return list(await asyncio.gather(*(one() for _ in range(count))))
+        return [await one() for _ in range(count)]
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def recorded_runner() -> Iterator[tuple[BatchRunner, Recorder]]:
+    recorder = Recorder()
+    runner = BatchRunner(recorder, lanes=2, cores=2)
+    yield runner, recorder
+    runner.close()
+
+
+def test_requests_one_after_another_run_alone_on_lane_0_with_every_core(recorded_runner) -> None:  # noqa: ANN001
+    runner, recorder = recorded_runner
+    results = submit_all(runner, 6, concurrently=False)
+    assert all(np.array_equal(r, np.full((4, 4), 7.0)) for r in results)
+    assert [(name, threads) for name, threads, _, _ in recorder.passes] == [("petseg-model-0", 2)] * 6
+
+
+def test_concurrent_requests_run_side_by_side_on_a_core_each(recorded_runner) -> None:  # noqa: ANN001
+    runner, recorder = recorded_runner
+    submit_all(runner, 8, concurrently=True)
+    assert len(recorder.passes) == 8
+    lanes = {name for name, _, _, _ in recorder.passes}
+    assert lanes == {"petseg-model-0", "petseg-model-1"}
+    single = [p for p in recorder.passes if p[1] == 1]
+    assert len(single) >= 6, recorder.passes  # at most the first and the last may have run alone
+    overlapping = any(a[0] != b[0] and a[2] < b[3] and b[2] < a[3]
+                      for a in recorder.passes for b in recorder.passes)
+    assert overlapping, "no two passes ever ran at the same time"
+    for a in recorder.passes:  # a pass with every core never overlaps another
+        if a[1] == 2:
+            assert not any(b is not a and b[2] < a[3] and a[2] < b[3] for b in recorder.passes), a
+
+
+def test_calls_run_on_the_lane_they_name_with_the_threads_they_ask() -> None:
+    runner = BatchRunner(lambda b: b, lanes=2, cores=2)
+    try:
+        assert runner.call(lambda: threading.current_thread().name) == "petseg-model-0"
+        assert runner.call(lambda: (threading.current_thread().name, torch.get_num_threads()), lane=1,
+                           threads=1) == ("petseg-model-1", 1)
+    finally:
+        runner.close()
+
+
+def test_close_finishes_what_is_queued_on_every_lane() -> None:
+    recorder = Recorder()
+    runner = BatchRunner(recorder, lanes=2, cores=2)
+    recorder.hold.clear()
+
+    async def main() -> list[np.ndarray]:
+        tasks = [asyncio.ensure_future(runner.submit(torch.zeros(3, 4, 4, dtype=torch.uint8), WAIT_S))
+                 for _ in range(5)]
+        await asyncio.sleep(0.1)
+        closing = asyncio.get_running_loop().run_in_executor(None, runner.close)
+        recorder.hold.set()
+        await closing
+        return list(await asyncio.gather(*tasks))
+
+    assert len(asyncio.run(main())) == 5
+    assert len(recorder.passes) == 5
+    assert not any(thread.is_alive() for thread in runner._threads)
+
+
+# --- the service with lanes -----------------------------------------------------------------------------------
+
+PHOTOS = [jpeg_bytes(blob_image(96 + 8 * i, 80, seed=i)[0]) for i in range(6)]
+
+
+def _answers(client) -> list[tuple[np.ndarray, float]]:  # noqa: ANN001
+    def post(data: bytes):  # noqa: ANN202
+        return client.post("/segment", files={"image": ("p.jpg", data, "image/jpeg")})
+
+    with ThreadPoolExecutor(len(PHOTOS)) as pool:
+        responses = list(pool.map(post, PHOTOS))
+    assert [r.status_code for r in responses] == [200] * len(PHOTOS)
+    return [(mask_array(r.json()), r.json()["foreground_probability"]) for r in responses]
+
+
+def test_two_lanes_give_the_answers_of_one(tiny_checkpoint: Path) -> None:
+    with app_client(tiny_checkpoint, model_lanes=1) as one:
+        expected = _answers(one)
+        assert one.get("/model").json()["model_lanes"] == 1
+    with app_client(tiny_checkpoint, model_lanes=2) as two:
+        runner = two.app.state.service.runner
+        threads_seen: list[int] = []
+        real = runner._forward
+        runner._forward = lambda batch: (threads_seen.append(torch.get_num_threads()), real(batch))[1]
+        got = _answers(two)
+        assert two.get("/model").json()["model_lanes"] == 2
+    assert len(threads_seen) == len(PHOTOS)
+    for (mask, prob), (want_mask, want_prob) in zip(got, expected, strict=True):
+        assert np.mean(mask != want_mask) <= 0.005
+        assert prob == pytest.approx(want_prob, abs=1e-4)
+
+
+def test_auto_lanes_are_two_on_a_cpu_with_two_or_three_cores(tiny_checkpoint: Path) -> None:
+    from app.cores import usable_cores
+
+    with app_client(tiny_checkpoint) as client:
+        lanes = client.app.state.service.runner.lanes
+    assert lanes == (2 if 2 <= usable_cores() <= 3 else 1)
