@@ -22,13 +22,13 @@ Output = Literal["mask", "probability", "overlay", "cutout"]
 OUTPUTS: tuple[str, ...] = ("mask", "probability", "overlay", "cutout")
 
 
-def model_lanes(settings: Settings, on_cpu: bool) -> int:
-    """``PETSEG_MODEL_LANES``, or auto: two on a CPU with two or three cores, else one.
+def model_lanes(configured: int, on_cpu: bool) -> int:
+    """``PETSEG_MODEL_LANES`` when set (not 0), else auto: two on a CPU with two or three cores, else one.
 
     Two lanes need their second lane to run on one thread (see ``app.cores``), which holds for 2-3 cores: the
     machine it was measured on. On a GPU micro-batching is the lever instead."""
-    if settings.model_lanes:
-        return settings.model_lanes
+    if configured:
+        return configured
     return 2 if on_cpu and 2 <= usable_cores() <= 3 else 1
 
 
@@ -54,7 +54,7 @@ class SegmentationService:
         self.settings = settings
         on_cpu = segmenter.device.type == "cpu"
         max_batch = settings.max_batch or (1 if on_cpu else 8)
-        self.runner = runner or BatchRunner(max_queue=settings.max_queue, lanes=model_lanes(settings, on_cpu))
+        self.runner = runner or BatchRunner(max_queue=settings.max_queue, lanes=model_lanes(settings.model_lanes, on_cpu))
         self.runner.configure(segmenter.forward, max_batch=max_batch, batch_wait_ms=settings.batch_wait_ms,
                               on_batch=self._record_batch)
 
@@ -62,7 +62,7 @@ class SegmentationService:
     def load(cls, settings: Settings) -> SegmentationService:
         """Load the checkpoint on lane 0's thread, which will run the model (the other lanes start idle)."""
         on_cpu = resolve_device(settings.device).type == "cpu"
-        runner = BatchRunner(max_queue=settings.max_queue, lanes=model_lanes(settings, on_cpu))
+        runner = BatchRunner(max_queue=settings.max_queue, lanes=model_lanes(settings.model_lanes, on_cpu))
         try:
             segmenter = runner.call(lambda: Segmenter.from_file(
                 settings.checkpoint, device=settings.device, precision=settings.precision,
