@@ -54,7 +54,8 @@ class SegmentationService:
         self.settings = settings
         on_cpu = segmenter.device.type == "cpu"
         max_batch = settings.max_batch or (1 if on_cpu else 8)
-        self.runner = runner or BatchRunner(max_queue=settings.max_queue, lanes=model_lanes(settings.model_lanes, on_cpu))
+        lanes = model_lanes(settings.model_lanes, on_cpu)
+        self.runner = runner or BatchRunner(max_queue=settings.max_queue, lanes=lanes)
         self.runner.configure(segmenter.forward, max_batch=max_batch, batch_wait_ms=settings.batch_wait_ms,
                               on_batch=self._record_batch)
 

@@ -215,7 +215,8 @@ def _frozen_weights() -> Iterator[None]:
 
 
 def _noise_image(shape: tuple[int, ...]) -> torch.Tensor:
-    """A uint8 batch of uniform noise for warm-up. Not zeros: a model compiled and first run on a constant image
-    measured 20 ms a pass afterwards instead of 14 (ResNet34_UNet, 2 cores), even on real photos."""
+    """A uint8 batch of uniform noise for warm-up. Not zeros: when the one-thread variant of the compiled model was
+    first run on a constant image, the all-core passes that followed took 20 ms instead of 14 on real photos
+    (ResNet34_UNet, 2 cores; the cause was not found, the noise warm-up avoids it)."""
     generator = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
