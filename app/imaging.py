@@ -53,12 +53,15 @@ def _open(data: bytes, field: str, max_pixels: int) -> Image.Image:
     return image
 
 
-def _load(image: Image.Image, field: str) -> Image.Image:
-    """Decode pixels, turning Pillow's many failure modes into one 400."""
+def _load(image: Image.Image, field: str, orientation: int | None = None) -> Image.Image:
+    """Decode pixels, upright, turning Pillow's many failure modes into one 400. With the EXIF ``orientation``
+    already read, an upright image is not copied (``exif_transpose`` copies even when there is nothing to do)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image.load()
+            if orientation == 1:
+                return image
             return ImageOps.exif_transpose(image) or image
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise ApiError(400, f"{field} is truncated or corrupt: {exc}") from None
@@ -74,7 +77,7 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(canvas, rgba)
-    return np.asarray(image.convert("RGB"))
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 def _orientation(image: Image.Image, field: str) -> int:
@@ -96,7 +99,7 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None,
         width, height = height, width
     if draft_size and image.format in ("JPEG", "MPO"):
         image.draft("RGB", (draft_size, draft_size))
-    upright = _load(image, field)
+    upright = _load(image, field, orientation)
     return DecodedImage(_to_rgb(upright), width, height, image.format or "?")
 
 
