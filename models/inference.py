@@ -191,7 +191,8 @@ class Segmenter:
             self.forward(_noise_image((size, 3, self.image_size, self.image_size)))
         self.info = dataclasses.replace(self.info, compiled=self.compiled)
         elapsed = time.perf_counter() - started
-        threads = f", {torch.get_num_threads()} threads" if self.device.type == "cpu" else ""
+        count = torch.get_num_threads()
+        threads = f", {count} thread{'s' if count != 1 else ''}" if self.device.type == "cpu" else ""
         log.info("warm-up on %s (%s, %s%s) took %.2fs", self.device, self.precision,
                  "compiled" if self.compiled else "eager", threads, elapsed)
         return elapsed
