@@ -143,19 +143,20 @@ def _server_env(checkpoint: Path, device: str, extra: dict[str, str]) -> dict[st
     return env
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout_s: float) -> None:
+def wait_until_ready(process: subprocess.Popen[bytes], url: str, timeout_s: float,
+                     output: Callable[[], str]) -> None:
+    """Poll ``/ready`` until it answers 200; raise with the server's ``output()`` if it exits or takes too long."""
     deadline = time.monotonic() + timeout_s
     while True:
-        if proc.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"the server exited with status {proc.returncode}:\n{tail}")
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}: {output()[-2000:]}")
         try:
             if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the server was not ready after {timeout_s:.0f}s; log: {log_path}")
+            raise RuntimeError(f"server not ready within {timeout_s:g}s: {output()[-2000:]}")
         time.sleep(0.2)
 
 
@@ -172,7 +173,7 @@ def running_server(checkpoint: Path, workdir: Path, *, device: str = "cpu", env:
                                 cwd=workdir, env=_server_env(checkpoint, device, env or {}), stdout=log,
                                 stderr=subprocess.STDOUT)
     try:
-        _wait_ready(proc, url, log_path, timeout_s)
+        wait_until_ready(proc, url, timeout_s, lambda: f"(log: {log_path})\n" + log_path.read_text(errors="replace"))
         yield Server(url, proc.pid, time.perf_counter() - started, log_path)
     finally:
         proc.terminate()

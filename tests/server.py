@@ -2,40 +2,17 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
+from bench.common import free_port, wait_until_ready
+
+__all__ = ["REPO", "free_port", "running_server", "wait_until_ready"]
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until_ready(process: subprocess.Popen[bytes], url: str, timeout_s: float,
-                     output: Callable[[], str]) -> None:
-    """Poll ``/ready`` until it answers 200; raise with the server's ``output()`` if it exits or takes too long."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {output()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"server not ready within {timeout_s:g}s: {output()[-2000:]}")
-        time.sleep(0.2)
 
 
 @contextmanager

@@ -10,7 +10,6 @@ import io
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 from PIL import Image
 
 from tests.factories import blob_image, jpeg_bytes, png_bytes
-from tests.server import free_port
+from tests.server import free_port, wait_until_ready
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -47,20 +46,12 @@ def start_server(checkpoint: Path, log: Path, **env: str) -> tuple[subprocess.Po
                             cwd=REPO, env=environment, stdout=subprocess.DEVNULL, stderr=stderr)
     stderr.close()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    headers = {"X-API-Key": env["PETSEG_API_KEY"]} if "PETSEG_API_KEY" in env else {}
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/ready", headers=headers, timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            stop_server(proc)
-            raise RuntimeError(f"server not ready after 60 s: {log.read_text()[-2000:]}")
-        time.sleep(0.1)
+    try:
+        wait_until_ready(proc, url, 60, lambda: log.read_text())
+    except RuntimeError:
+        stop_server(proc)
+        raise
+    return proc, url
 
 
 def stop_server(proc: subprocess.Popen) -> None:
