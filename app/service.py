@@ -75,12 +75,14 @@ class SegmentationService:
 
     def warmup(self) -> float:
         """Warm (and compile) the batch sizes traffic will use most, single requests and full batches, on lane 0
-        with all the cores; then one pass on every lane with its share, so no request pays for a first call."""
+        with all the cores; then the same sizes on every lane with its share. The compiled model is specialised
+        per thread count, so a size not warmed at a lane's share would be compiled while a request waits."""
         started = time.perf_counter()
         sizes = (1, self.runner.max_batch)
         self.runner.call(lambda: self.segmenter.warmup(sizes), threads=self.runner.cores.cores)
-        for lane in range(1, self.runner.lanes):
-            self.runner.call(lambda: self.segmenter.warmup((1,)), lane=lane, threads=self.runner.cores.share)
+        if self.runner.lanes > 1:
+            for lane in range(self.runner.lanes):
+                self.runner.call(lambda: self.segmenter.warmup(sizes), lane=lane, threads=self.runner.cores.share)
         return time.perf_counter() - started
 
     def _record_batch(self, size: int, seconds: float) -> None:

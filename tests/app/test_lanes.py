@@ -199,3 +199,25 @@ def test_auto_lanes_are_two_on_a_cpu_with_two_or_three_cores(tiny_checkpoint: Pa
     with app_client(tiny_checkpoint) as client:
         lanes = client.app.state.service.runner.lanes
     assert lanes == (2 if 2 <= usable_cores() <= 3 else 1)
+
+
+def test_warm_up_runs_every_batch_size_on_every_lane_at_its_share(tiny_checkpoint: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled model is specialised per thread count: a batch size a lane never warmed at its share would be
+    compiled while a request waits (measured: seconds per request with micro-batching on two lanes)."""
+    from models.inference import Segmenter
+
+    warmed: list[tuple[str, int, tuple[int, ...]]] = []
+    real = Segmenter.warmup
+
+    def recording(self: Segmenter, batch_sizes: tuple[int, ...] = (1,)) -> float:
+        warmed.append((threading.current_thread().name, torch.get_num_threads(), tuple(batch_sizes)))
+        return real(self, batch_sizes)
+
+    monkeypatch.setattr(Segmenter, "warmup", recording)
+    with app_client(tiny_checkpoint, model_lanes=2, max_batch=4):
+        pass
+    cores = warmed[0][1]
+    share = max(1, cores // 2)
+    assert warmed[0] == ("petseg-model-0", cores, (1, 4))
+    assert sorted(warmed[1:]) == [("petseg-model-0", share, (1, 4)), ("petseg-model-1", share, (1, 4))]
