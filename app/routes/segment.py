@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 
 from app.deps import ServiceDep
+from app.negotiation import preferred_type
 from app.schemas import ModelRef, SegmentResponse
 from app.service import SegmentResult
 
@@ -18,12 +19,10 @@ PNG_EXAMPLE = {"description": "the requested rendering as a PNG, with the number
 
 
 def wants_png(request: Request, format: str | None) -> bool:
+    """``?format=`` when given, else the ``Accept`` header's preference (JSON unless it prefers a PNG)."""
     if format is not None:
         return format == "png"
-    accept = request.headers.get("accept", "")
-    if "image/png" not in accept:
-        return False
-    return "application/json" not in accept or accept.index("image/png") < accept.index("application/json")
+    return preferred_type(request.headers.get("accept"), ("application/json", "image/png")) == "image/png"
 
 
 def png_response(result: SegmentResult, model: ModelRef) -> Response:

@@ -108,6 +108,18 @@ def test_segment_accept_png_returns_png_with_headers_and_no_dice(api: TestClient
     assert "x-dice" not in response.headers
 
 
+@pytest.mark.parametrize("accept, content_type", [
+    ("image/png;q=0.5, application/json", "application/json"),
+    ("image/png;q=0, */*", "application/json"),
+    ("image/*", "image/png"),
+    ("application/json;q=0.1, image/png", "image/png"),
+])
+def test_segment_accept_quality_values_choose_the_answer(api: TestClient, accept: str, content_type: str) -> None:
+    response = api.post("/segment", files=image_files(PHOTO_JPEG), headers={"Accept": accept})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == content_type
+
+
 def test_segment_format_png_query_returns_png_with_headers(api: TestClient) -> None:
     response = api.post("/segment?format=png", files=image_files(PHOTO_JPEG))
     image = assert_png_answer(response)
