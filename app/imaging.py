@@ -22,6 +22,10 @@ __all__ = ["DecodedImage", "decode_ground_truth", "decode_image", "encode_mask_p
 
 SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"}
 _ORIENTATION_SWAPS_AXES = {5, 6, 7, 8}
+# Leading bytes of the formats we read: a file that starts like one but does not open is corrupt (400), not an
+# unsupported format (415). WebP is RIFF....WEBP, checked apart.
+_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
+               b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"BM": "BMP"}
 Image.MAX_IMAGE_PIXELS = None  # we enforce our own limit from the header, before decoding
 
 
@@ -33,12 +37,22 @@ class DecodedImage:
     format: str
 
 
+def _claimed_format(data: bytes) -> str | None:
+    """The format the file's first bytes announce, if it is one we read."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _SIGNATURES.items() if data.startswith(magic)), None)
+
+
 def _open(data: bytes, field: str, max_pixels: int) -> Image.Image:
     if not data:
         raise ApiError(400, f"{field} is empty")
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        claimed = _claimed_format(data)
+        if claimed is not None:
+            raise ApiError(400, f"{field} starts like a {claimed} file but its header is corrupt") from None
         raise ApiError(415, f"{field}: not an image format this service reads "
                             f"(send JPEG, PNG, WebP, BMP or TIFF)") from None
     except (OSError, SyntaxError, ValueError) as exc:

@@ -74,12 +74,21 @@ def test_segment_truncated_image_is_400_truncated_or_corrupt(api: TestClient, ki
     assert "truncated or corrupt" in detail(response)
 
 
-def test_segment_corrupt_png_header_is_415_not_500(api: TestClient) -> None:
+def test_segment_corrupt_png_header_is_400_naming_the_format(api: TestClient) -> None:
     data = bytearray(png_bytes(IMAGE))
     data[20:40] = b"\xff" * 20  # height, bit depth, colour type, CRC: Pillow cannot identify it any more
     response = api.post("/segment", files=image_files(bytes(data), "a.png", "image/png"))
-    assert response.status_code == 415
-    assert detail(response).startswith("image: not an image format this service reads")
+    assert response.status_code == 400
+    assert detail(response) == "image starts like a PNG file but its header is corrupt"
+
+
+@pytest.mark.parametrize("head, name", [(b"\xff\xd8\xff\xe0", "JPEG"), (b"GIF89a", "GIF"),
+                                        (b"RIFF\x10\x00\x00\x00WEBP", "WebP"), (b"II*\x00", "TIFF")])
+def test_segment_known_signature_with_garbage_after_it_is_400(api: TestClient, head: bytes, name: str
+                                                             ) -> None:
+    response = api.post("/segment", files=image_files(head + b"\x00\x01" * 7, "a.bin", "image/jpeg"))
+    assert response.status_code == 400
+    assert detail(response) == f"image starts like a {name} file but its header is corrupt"
 
 
 # --- form validation ----------------------------------------------------------------------------------------
