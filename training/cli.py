@@ -23,8 +23,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    """INFO (DEBUG with ``verbose``) on a single process or torchrun's rank 0; the other ranks would repeat
+    rank 0's lines, so they log warnings and errors only, tagged with their rank."""
+    rank = int(os.environ.get("RANK", "0") or 0)
+    level = logging.DEBUG if verbose else logging.INFO
+    tag = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""
+    logging.basicConfig(level=level if rank == 0 else max(level, logging.WARNING),
+                        format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         # Grid rows are spread evenly over the inputs, so a sorted split shows every breed, not the first one.
         step = max(1, len(items) // max(1, args.grid_rows))
         grid_pick = set(range(0, len(items), step)[: args.grid_rows])
-        for index, (name, item) in enumerate( tqdm(items, desc="predict", unit="img", disable=not sys.stderr.isatty())):
+        for index, (name, item) in enumerate(tqdm(items, desc="predict", unit="img", disable=not sys.stderr.isatty())):
             if isinstance(item, Path):
                 image, truth = read_rgb(item), None
             else:

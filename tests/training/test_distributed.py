@@ -78,6 +78,15 @@ def test_torchrun_logs_every_epoch_once(ddp: tuple[subprocess.CompletedProcess[s
 
 
 @pytest.mark.slow
+def test_torchrun_only_rank_0_logs_progress_and_lines_say_their_rank(
+    ddp: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    result, _ = ddp
+    assert "INFO [rank 0] " in result.stderr
+    assert "INFO [rank 1] " not in result.stderr, result.stderr[-3000:]
+
+
+@pytest.mark.slow
 def test_torchrun_history_has_the_single_process_epochs(
     ddp: tuple[subprocess.CompletedProcess[str], Path], unet_run: Path
 ) -> None:
