@@ -20,12 +20,35 @@ import os
 import threading
 from collections.abc import Iterator
 
-__all__ = ["CoreShare", "usable_cores"]
+__all__ = ["CoreShare", "defer_to_model_lanes", "usable_cores"]
+
+_this_thread = threading.local()
 
 
 def usable_cores() -> int:
     """The cores this process may run on (its affinity mask, e.g. a container's cpuset), not the machine's."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def defer_to_model_lanes() -> bool:
+    """Make the calling thread's CPU work wait for the running forward pass's time slice instead of cutting
+    in (Linux ``SCHED_BATCH``); once per thread. True when the thread runs under that policy.
+
+    Under load the lanes keep every core busy, and each request's own work (HTTP, decoding, resizing, the
+    PNG: ~5 ms for a 500x375 photo) wakes up several times. A waking thread normally preempts the pass on its
+    core at once, and the pass resumes with part of its cache gone. A batch thread gets the same share of CPU
+    but waits for the end of the pass's time slice, or of the pass. Measured on 2 cores, ResNet34_UNet at
+    concurrency 4: about 3-4% more images a second. Elsewhere (no such policy, or not allowed): a no-op.
+    """
+    if getattr(_this_thread, "deferred", None) is None:
+        _this_thread.deferred = False
+        if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_BATCH"):
+            try:
+                os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))  # 0: the calling thread
+                _this_thread.deferred = True
+            except OSError:
+                pass
+    return bool(_this_thread.deferred)
 
 
 class CoreShare:

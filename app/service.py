@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.batching import BatchRunner
 from app.config import Settings
-from app.cores import usable_cores
+from app.cores import defer_to_model_lanes, usable_cores
 from app.imaging import DecodedImage, decode_ground_truth, decode_image, encode_mask_png, render_output
 from app.postprocess import dice_score, to_full_size
 from models.inference import Segmenter
@@ -58,6 +58,8 @@ class SegmentationService:
         self.runner = runner or BatchRunner(max_queue=settings.max_queue, lanes=lanes)
         self.runner.configure(segmenter.forward, max_batch=max_batch, batch_wait_ms=settings.batch_wait_ms,
                               on_batch=self._record_batch)
+        # With several lanes on the CPU, request work (event loop, thread pool) must not preempt a pass.
+        self._defer_request_work = on_cpu and self.runner.lanes > 1
 
     @classmethod
     def load(cls, settings: Settings) -> SegmentationService:
@@ -93,8 +95,13 @@ class SegmentationService:
     def close(self) -> None:
         self.runner.close()
 
+    def _mark_request_thread(self) -> None:
+        if self._defer_request_work:
+            defer_to_model_lanes()
+
     def _prepare(self, image: bytes, ground_truth: bytes | None, output: str
                  ) -> tuple[DecodedImage, object, np.ndarray | None]:
+        self._mark_request_thread()
         # Overlay and cutout paint on the full-size photo; mask and probability only need the model's size.
         draft = None if output in ("overlay", "cutout") else self.segmenter.image_size
         decoded = decode_image(image, max_pixels=self.settings.max_pixels, draft_size=draft)
@@ -107,6 +114,7 @@ class SegmentationService:
 
     def _finish(self, prob_small: np.ndarray, decoded: DecodedImage, truth: np.ndarray | None, threshold: float,
                 output: str) -> tuple[float, float, float | None, bytes, bytes]:
+        self._mark_request_thread()
         prediction = to_full_size(prob_small, (decoded.width, decoded.height), threshold)
         dice = dice_score(prediction.mask_bool, truth) if truth is not None else None
         mask_png = encode_mask_png(prediction.mask)
@@ -118,6 +126,7 @@ class SegmentationService:
 
     async def segment(self, image: bytes, *, ground_truth: bytes | None = None, threshold: float | None = None,
                       output: str = "mask") -> SegmentResult:
+        self._mark_request_thread()  # the event loop's thread
         threshold = self.settings.threshold if threshold is None else threshold
         decoded, tensor, truth = await run_in_threadpool(self._prepare, image, ground_truth, output)
         started = time.perf_counter()

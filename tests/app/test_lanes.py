@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -221,3 +222,44 @@ def test_warm_up_runs_every_batch_size_on_every_lane_at_its_share(tiny_checkpoin
     share = max(1, cores // 2)
     assert warmed[0] == ("petseg-model-0", cores, (1, 4))
     assert sorted(warmed[1:]) == [("petseg-model-0", share, (1, 4)), ("petseg-model-1", share, (1, 4))]
+
+
+# --- request work and the scheduler ------------------------------------------------------------------------
+
+needs_sched_batch = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="no SCHED_BATCH on this OS")
+
+
+@needs_sched_batch
+def test_defer_to_model_lanes_sets_batch_policy_on_the_calling_thread_only() -> None:
+    from app.cores import defer_to_model_lanes
+
+    before = os.sched_getscheduler(0)
+    seen: list[tuple[bool, int]] = []
+    thread = threading.Thread(target=lambda: seen.append((defer_to_model_lanes(), os.sched_getscheduler(0))))
+    thread.start()
+    thread.join(WAIT_S)
+    assert seen == [(True, os.SCHED_BATCH)]
+    assert os.sched_getscheduler(0) == before
+
+
+@needs_sched_batch
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_request_work_defers_to_the_forward_passes_only_with_several_lanes(
+        tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch, lanes: int) -> None:
+    import app.service
+    from app.cores import defer_to_model_lanes
+
+    policies: dict[int, int] = {}
+
+    def recording() -> bool:
+        deferred = defer_to_model_lanes()
+        policies[threading.get_native_id()] = os.sched_getscheduler(0)
+        return deferred
+
+    monkeypatch.setattr(app.service, "defer_to_model_lanes", recording)
+    with app_client(tiny_checkpoint, model_lanes=lanes) as client:
+        assert client.post("/segment", files={"image": ("a.jpg", PHOTOS[0], "image/jpeg")}).status_code == 200
+    if lanes == 1:
+        assert policies == {}
+    else:  # the event loop's thread and the pool threads that decode and encode
+        assert len(policies) >= 2 and set(policies.values()) == {os.SCHED_BATCH}
