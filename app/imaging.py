@@ -10,7 +10,6 @@ import io
 import warnings
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -150,11 +149,10 @@ def encode_png(array: np.ndarray, mode: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
-# A binary mask is long runs of 0 and 255: no PNG row filter and run-length deflate encode a 12-megapixel mask
-# 2.5x faster than Pillow's adaptive filters, and smaller.
+# A binary mask is long runs of 0 and 255: no PNG row filter and zlib-ng's run-length deflate (app.pngwrite)
+# encode a 500x375 mask in 0.06 ms and a 4000x3000 one in 4.9 ms, against 0.21 and 16 ms for OpenCV's libpng
+# with the same settings; the big ones are split across the cores (2.4 ms on 2).
 _PARALLEL_PNG_PIXELS = 2_000_000  # below this, thread hand-offs cost more than they save
-_MASK_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE,
-                    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 
 
 def encode_mask_png(mask: np.ndarray) -> bytes:
@@ -162,12 +160,8 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
     if mask.dtype == bool:
         mask = mask.astype(np.uint8) * 255
     cores = usable_cores()
-    if mask.size >= _PARALLEL_PNG_PIXELS and cores > 1:
-        return encode_gray_png(mask, threads=min(cores, 8))
-    ok, buffer = cv2.imencode(".png", np.ascontiguousarray(mask), _MASK_PNG_PARAMS)
-    if not ok:
-        raise RuntimeError(f"PNG encoding failed for a {mask.shape} mask")
-    return buffer.tobytes()
+    threads = min(cores, 8) if mask.size >= _PARALLEL_PNG_PIXELS else 1
+    return encode_gray_png(np.ascontiguousarray(mask), threads=threads)
 
 
 def render_output(kind: str, mask: np.ndarray, probability: np.ndarray, rgb: np.ndarray | None) -> bytes:

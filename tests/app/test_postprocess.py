@@ -55,11 +55,18 @@ def test_same_size_needs_no_resize() -> None:
     np.testing.assert_array_equal(result.probability, np.round(small * 255).astype(np.uint8))
 
 
-@pytest.mark.parametrize("mask", [np.eye(5, 7, dtype=bool), np.eye(5, 7, dtype=np.uint8) * 255])
+@pytest.mark.parametrize("mask", [np.eye(5, 7, dtype=bool), np.eye(5, 7, dtype=np.uint8) * 255,
+                                  (np.eye(10, 14, dtype=np.uint8) * 255)[::2, ::2]],  # a strided view
+                         ids=["bool", "uint8", "strided"])
 def test_mask_png_is_8_bit_grayscale_0_255(mask: np.ndarray) -> None:
     image = Image.open(io.BytesIO(encode_mask_png(mask)))
     assert image.format == "PNG" and image.mode == "L" and image.size == (7, 5)
     np.testing.assert_array_equal(np.asarray(image), np.eye(5, 7, dtype=np.uint8) * 255)
+
+
+def test_one_pixel_mask_png() -> None:
+    image = Image.open(io.BytesIO(encode_mask_png(np.ones((1, 1), bool))))
+    assert image.size == (1, 1) and int(np.asarray(image)[0, 0]) == 255
 
 
 def test_dice_score() -> None:
