@@ -82,6 +82,7 @@ def test_segment_corrupt_png_header_is_400_naming_the_format(api: TestClient) ->
     assert detail(response) == "image starts like a PNG file but its header is corrupt"
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow, reading the fake TIFF header
 @pytest.mark.parametrize("head, name", [(b"\xff\xd8\xff\xe0", "JPEG"), (b"GIF89a", "GIF"),
                                         (b"RIFF\x10\x00\x00\x00WEBP", "WebP"), (b"II*\x00", "TIFF")])
 def test_segment_known_signature_with_garbage_after_it_is_400(api: TestClient, head: bytes, name: str
