@@ -58,7 +58,7 @@ def preferred_type(accept: str | None, offered: Sequence[str]) -> str:
     """The offered media type the header prefers; ``offered[0]`` when it has no preference or none applies."""
     default = offered[0]
     ranges = _parse(accept or "")
-    best: tuple[float, int, int, int] | None = None  # quality, explicit, -position, is default
+    best: tuple[float, bool, int, bool] | None = None  # quality, explicit, -position, is the default
     choice = default
     for media_type in offered:
         matches = [(r.specificity(media_type), r) for r in ranges]
