@@ -48,6 +48,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from app.cores import CoreShare, usable_cores
+from app.service import model_lanes
 from bench.common import (
     Machine,
     RequestSpec,
@@ -67,8 +69,6 @@ from bench.common import (
 )
 from models import build_model
 from models.checkpoint import Checkpoint
-from app.cores import usable_cores
-from app.service import model_lanes
 from models.inference import Segmenter
 from models.registry import canonical_arch_name
 from models.runtime import keep_freed_memory, resolve_device, resolve_precision
@@ -322,7 +322,7 @@ def _time_engine_lanes(checkpoint: Checkpoint, lanes: int, budget: Budget) -> Ti
     """The CPU engine as the service runs it under load: one compiled model, built and warmed on lane 0 with every
     core, then warmed and run on ``lanes`` threads at once, each on its share of the cores (``app.cores``).
     Images/s counts every lane's passes; ms/batch is the median single pass."""
-    share = max(1, usable_cores() // lanes)
+    share = CoreShare(usable_cores(), lanes).share  # the service's own rule, not a copy of it
     built = threading.Event()
     start = threading.Barrier(lanes)
     holder: list[Segmenter] = []
