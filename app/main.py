@@ -17,6 +17,7 @@ from app.config import Settings, SettingsError, load_settings
 from app.errors import install_error_handlers
 from app.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestLogMiddleware, StartupErrorMiddleware
 from app.routes import health, segment
+from app.routes.docs import install_docs
 from app.service import SegmentationService
 from models.checkpoint import CheckpointError
 
@@ -92,7 +93,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings = load_settings()
         except SettingsError as exc:
             startup_error = str(exc)
-    app = FastAPI(title="petseg", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # docs_url/redoc_url None: FastAPI's pages load their assets from CDNs; install_docs serves them locally.
+    app = FastAPI(title="petseg", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, docs_url=None,
+                  redoc_url=None)
     app.state.settings = settings
     if settings is not None:
         keep_uploads_in_memory(settings.max_upload_bytes)
@@ -101,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(segment.router)
     app.include_router(health.router)
+    install_docs(app)
 
     @app.get("/", include_in_schema=False, response_model=None)
     async def index() -> Response:
