@@ -1,7 +1,9 @@
-"""The inference engine shared by the service, ``predict`` and ``evaluate``.
+"""The inference engine shared by the service, ``predict`` and ``evaluate``: the interface every runtime offers
+(:class:`SegmenterBase`) and its PyTorch implementation (:class:`Segmenter`; ONNX Runtime and OpenVINO are in
+``models.exported``, and ``models.engines.open_segmenter`` picks one).
 
-It owns one model on one device and picks the fastest correct path for it: BatchNorm folded into the
-convolutions, weights held in bf16 where the hardware computes bf16 natively (CUDA, or CPUs with
+The PyTorch engine owns one model on one device and picks the fastest correct path for it: BatchNorm folded into
+the convolutions, weights held in bf16 where the hardware computes bf16 natively (CUDA, or CPUs with
 AVX512_BF16/AMX), channels_last, ``inference_mode``, cudnn benchmark, and optionally ``torch.compile`` (inductor
 with freezing: ReLU fused into the oneDNN convolutions, weights pre-packed). Images go in as HxWx3 uint8 RGB
 arrays of any size; probability maps come out at the size asked for.
@@ -27,7 +29,8 @@ from models.checkpoint import Checkpoint, CheckpointError, file_sha256, load_che
 from models.fusion import fold_batchnorm
 from models.runtime import dtype_of, keep_freed_memory, resolve_compile, resolve_device, resolve_precision
 
-__all__ = ["Segmenter", "SegmenterInfo"]
+__all__ = ["Segmenter", "SegmenterBase", "SegmenterInfo", "load_for_inference", "noise_batch",
+           "resize_for_model"]
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +49,81 @@ class SegmenterInfo:
     metrics: dict[str, float]
     created_at: str
     card: dict[str, object]
+    runtime: str = "torch"
 
 
-class Segmenter:
-    """Load once, warm up, then ``forward``/``predict``/``predict_batch`` from any thread, concurrently too: each
-    call runs with the calling thread's intra-op thread count (``torch.set_num_threads`` on that thread).
+def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
+    """HxWx3 uint8 RGB -> size x size x 3, as training resizes (INTER_AREA); anything else is a ValueError."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 RGB array, got shape {image.shape} dtype {image.dtype}")
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def load_for_inference(path: str | os.PathLike[str], *, allow_untrained: bool = False) -> Checkpoint:
+    """Load a checkpoint file safely. A checkpoint that never trained (epoch 0) is refused unless allowed."""
+    checkpoint = load_checkpoint(path)
+    if checkpoint.epoch < 1 and not allow_untrained:
+        raise CheckpointError(f"{path} holds untrained weights (epoch 0); refusing to serve random predictions")
+    return checkpoint
+
+
+class SegmenterBase:
+    """What every runtime's engine offers (torch here, ONNX Runtime and OpenVINO in ``models.exported``):
+    ``preprocess`` on request threads, ``forward`` on model threads (with the calling thread's intra-op thread
+    count, ``torch.set_num_threads``), ``warmup``, and ``predict``/``predict_batch`` for whole images."""
+
+    checkpoint: Checkpoint
+    device: torch.device
+    precision: str
+    runtime: str
+    image_size: int
+    info: SegmenterInfo
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """HxWx3 uint8 -> (3, S, S) uint8 tensor at the model's input size (as training resizes: INTER_AREA).
+
+        Normalisation is left to :meth:`forward`, which does it on the device in one vectorised pass."""
+        return torch.from_numpy(resize_for_model(image, self.image_size)).permute(2, 0, 1)
+
+    @property
+    def compiled(self) -> bool:
+        return False
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, S, S) fp32 foreground probabilities on the CPU.
+
+        uint8 batches (from :meth:`preprocess`) are normalised here; float batches are taken as normalised."""
+        raise NotImplementedError
+
+    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> float:
+        """Run dummy batches (building whatever the runtime builds on first use); returns seconds."""
+        raise NotImplementedError
+
+    def predict_batch(self, images: Sequence[np.ndarray],
+                      output_sizes: Sequence[tuple[int, int]] | None = None) -> list[np.ndarray]:
+        """Probability maps (float32, HxW) for each image, at ``output_sizes`` ((W, H)) or the input's size."""
+        if not images:
+            return []
+        batch = torch.stack([self.preprocess(image) for image in images])
+        probs = self.forward(batch).numpy()
+        sizes = output_sizes or [(image.shape[1], image.shape[0]) for image in images]
+        return [self.resize_probability(p, size) for p, size in zip(probs, sizes, strict=True)]
+
+    def predict(self, image: np.ndarray, output_size: tuple[int, int] | None = None) -> np.ndarray:
+        return self.predict_batch([image], [output_size] if output_size else None)[0]
+
+    @staticmethod
+    def resize_probability(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Bilinear up-sampling of the model-size map to (W, H): one resize out, whatever the photo size."""
+        if (prob.shape[1], prob.shape[0]) == tuple(size):
+            return prob
+        return cv2.resize(prob, size, interpolation=cv2.INTER_LINEAR)
+
+
+class Segmenter(SegmenterBase):
+    """The PyTorch engine. Load once, warm up, then ``forward``/``predict``/``predict_batch`` from any thread,
+    concurrently too: each call runs with the calling thread's intra-op thread count (``torch.set_num_threads`` on
+    that thread).
 
     With ``compile`` on, :meth:`warmup` compiles the model for the batch sizes it is given; a batch of any other
     size runs eager rather than stalling a request on a compilation of tens of seconds.
@@ -60,6 +133,7 @@ class Segmenter:
                  channels_last: bool = True, compile: str = "off",
                  checkpoint_path: str | os.PathLike[str] | None = None) -> None:
         keep_freed_memory()  # before the model's first allocations: see its docstring
+        self.runtime = "torch"
         self.checkpoint = checkpoint
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -95,20 +169,9 @@ class Segmenter:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], *, device: str = "auto", precision: str = "auto",
                   compile: str = "off", allow_untrained: bool = False) -> Segmenter:
-        """Load a checkpoint file safely. A checkpoint that never trained (epoch 0) is refused unless allowed."""
-        checkpoint = load_checkpoint(path)
-        if checkpoint.epoch < 1 and not allow_untrained:
-            raise CheckpointError(f"{path} holds untrained weights (epoch 0); refusing to serve random predictions")
+        """Load a checkpoint file safely (see :func:`load_for_inference`)."""
+        checkpoint = load_for_inference(path, allow_untrained=allow_untrained)
         return cls(checkpoint, device=device, precision=precision, compile=compile, checkpoint_path=path)
-
-    def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """HxWx3 uint8 -> (3, S, S) uint8 tensor at the model's input size (as training resizes: INTER_AREA).
-
-        Normalisation is left to :meth:`forward`, which does it on the device in one vectorised pass."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an HxWx3 uint8 RGB array, got shape {image.shape} dtype {image.dtype}")
-        resized = cv2.resize(image, (self.image_size, self.image_size), interpolation=cv2.INTER_AREA)
-        return torch.from_numpy(resized).permute(2, 0, 1)
 
     @property
     def compiled(self) -> bool:
@@ -145,7 +208,7 @@ class Segmenter:
         """Compile for one batch size; under ``compile=auto`` a failure (no working toolchain...) means eager."""
         assert self._compiled is not None
         shape = (batch_size, 3, self.image_size, self.image_size)
-        batch = self._model_input(_noise_image(shape))
+        batch = self._model_input(noise_batch(shape))
         started = time.perf_counter()
         try:
             with self._compile_lock, _frozen_weights():
@@ -160,26 +223,6 @@ class Segmenter:
         self._compiled_shapes.add(shape)
         log.info("compiled for batch %d in %.1fs", batch_size, time.perf_counter() - started)
 
-    def predict_batch(self, images: Sequence[np.ndarray],
-                      output_sizes: Sequence[tuple[int, int]] | None = None) -> list[np.ndarray]:
-        """Probability maps (float32, HxW) for each image, at ``output_sizes`` ((W, H)) or the input's size."""
-        if not images:
-            return []
-        batch = torch.stack([self.preprocess(image) for image in images])
-        probs = self.forward(batch).numpy()
-        sizes = output_sizes or [(image.shape[1], image.shape[0]) for image in images]
-        return [self.resize_probability(p, size) for p, size in zip(probs, sizes, strict=True)]
-
-    def predict(self, image: np.ndarray, output_size: tuple[int, int] | None = None) -> np.ndarray:
-        return self.predict_batch([image], [output_size] if output_size else None)[0]
-
-    @staticmethod
-    def resize_probability(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """Bilinear up-sampling of the model-size map to (W, H): one resize out, whatever the photo size."""
-        if (prob.shape[1], prob.shape[0]) == tuple(size):
-            return prob
-        return cv2.resize(prob, size, interpolation=cv2.INTER_LINEAR)
-
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> float:
         """Compile (when enabled) and run dummy batches so the first request does not pay for kernel
         selection; returns seconds. Call it again from each thread that will run the model with another thread
@@ -188,7 +231,7 @@ class Segmenter:
         for size in dict.fromkeys(batch_sizes):
             if self._compiled is not None and (size, 3, self.image_size, self.image_size) not in self._compiled_shapes:
                 self._compile_for(size)
-            self.forward(_noise_image((size, 3, self.image_size, self.image_size)))
+            self.forward(noise_batch((size, 3, self.image_size, self.image_size)))
         self.info = dataclasses.replace(self.info, compiled=self.compiled)
         elapsed = time.perf_counter() - started
         count = torch.get_num_threads()
@@ -216,7 +259,7 @@ def _frozen_weights() -> Iterator[None]:
         yield
 
 
-def _noise_image(shape: tuple[int, ...]) -> torch.Tensor:
+def noise_batch(shape: tuple[int, ...]) -> torch.Tensor:
     """A uint8 batch of uniform noise for warm-up. Not zeros: when the one-thread variant of the compiled model was
     first run on a constant image, the all-core passes that followed took 20 ms instead of 14 on real photos
     (ResNet34_UNet, 2 cores; the cause was not found, the noise warm-up avoids it)."""
