@@ -3,12 +3,19 @@
     python -m training.predict --model runs/unet/best.pt photos/ --out masks/ --overlay
     python -m training.predict --model runs/unet/best.pt --data_path dataset/oxford-iiit-pet --split test \\
         --out masks/ --grid grid.png
+    python -m training.predict --model default photos/ --out masks/ --shard 0/4   # one of four processes
+
+Outputs are written atomically (temporary file, then rename), and photos whose outputs already exist are
+skipped (--overwrite predicts them again), so a killed run loses nothing: run it again and it does the rest.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +24,14 @@ from tqdm import tqdm
 
 from models.inference import Segmenter
 from training.cli import add_common_flags, add_inference_flags, compile_mode_for, run_cli, setup_logging
-from training.data import SPLITS, list_split, load_sample
+from training.data import SPLITS, Sample, list_split, load_sample
 from training.images import DatasetFileError, read_rgb
 from training.plots import overlay, save_comparison_grid
+from training.shards import parse_shard, take_shard
 
 log = logging.getLogger("training.predict")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+EMBEDDED_MODEL = "default"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(p)
     p.add_argument("inputs", nargs="*", help="image files or folders (or use --split with --data_path)")
-    p.add_argument("--model", required=True, help="checkpoint to predict with")
+    p.add_argument("--model", required=True,
+                   help=f"checkpoint to predict with; {EMBEDDED_MODEL!r} = the embedded default model")
     p.add_argument("--split", choices=SPLITS, default=None, help="predict a dataset split instead of files")
     p.add_argument("--out", default="predictions", help="folder for the mask PNGs")
     p.add_argument("--threshold", type=float, default=0.5)
@@ -38,7 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
     p.add_argument("--grid", default=None, help="write an image | truth | prediction grid PNG here")
     p.add_argument("--grid-rows", type=int, default=6)
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="only the first N inputs (before sharding)")
+    p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                   help="take share I of N (0 <= I < N) of the inputs, by a hash of each name, so N "
+                        "processes together predict every photo once; auto/N takes I from "
+                        "$JOB_COMPLETION_INDEX (a Kubernetes Indexed Job)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="predict every photo, also those whose outputs exist (default: skip them)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="log an unreadable photo and go on (default: stop with exit code 2)")
     return p
 
 
@@ -57,6 +75,36 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
+def model_path(model: str) -> str:
+    """``default`` is the checkpoint installed with the ``models`` package; anything else is a path."""
+    if model == EMBEDDED_MODEL and not Path(model).exists():
+        return str(resources.files("models") / "weights" / "default.pt")
+    return model
+
+
+def output_names(name: str, with_overlay: bool) -> list[str]:
+    return [f"{name}_mask.png"] + ([f"{name}_overlay.png"] if with_overlay else [])
+
+
+def existing_files(folder: Path) -> set[str]:
+    """Names in ``folder``, read once: one directory listing, not a stat per photo on a network volume."""
+    with os.scandir(folder) as entries:
+        return {entry.name for entry in entries}
+
+
+def save_png(array: np.ndarray, path: Path) -> None:
+    """Write atomically: a killed process leaves the whole PNG or none (and maybe a hidden ``.tmp`` file)."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            Image.fromarray(array).save(handle, format="PNG")
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -66,35 +114,61 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         if args.split:
-            items = [(s.name, s) for s in list_split(Path(args.data_path), args.split)]
+            items: list[tuple[str, Path | Sample]] = [(s.name, s)
+                                                      for s in list_split(Path(args.data_path), args.split)]
         else:
             items = [(p.stem, p) for p in collect_inputs(args.inputs)]
         items = items[: args.limit]
-        segmenter = Segmenter.from_file(args.model, device=args.device, precision=args.precision,
-                                        compile=compile_mode_for(args.compile, len(items)), allow_untrained=True)
-        segmenter.warmup((1,))
-        border = segmenter.checkpoint.border_is_pet
+        if args.shard:
+            total = len(items)
+            items = take_shard(items, args.shard)
+            log.info("shard %s: %d of %d photo(s)", args.shard, len(items), total)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        grid_rows = []
         # Grid rows are spread evenly over the inputs, so a sorted split shows every breed, not the first one.
+        # They are predicted even when their outputs exist: the grid needs the images and masks in memory.
         step = max(1, len(items) // max(1, args.grid_rows))
-        grid_pick = set(range(0, len(items), step)[: args.grid_rows])
-        for index, (name, item) in enumerate(tqdm(items, desc="predict", unit="img", disable=not sys.stderr.isatty())):
-            if isinstance(item, Path):
-                image, truth = read_rgb(item), None
-            else:
-                image, truth = load_sample(item, border, None)
+        grid_pick = set(range(0, len(items), step)[: args.grid_rows]) if args.grid else set()
+        done = set() if args.overwrite else existing_files(out)
+        todo = [(index, name, item) for index, (name, item) in enumerate(items)
+                if index in grid_pick or not done.issuperset(output_names(name, args.overlay))]
+        skipped = len(items) - len(todo)
+        if skipped:
+            log.info("skipped %d photo(s) whose outputs exist in %s (--overwrite predicts them again)",
+                     skipped, out)
+        if not todo:
+            print(f"nothing to do: the outputs of all {len(items)} photo(s) exist in {out}")
+            return 0
+        segmenter = Segmenter.from_file(model_path(args.model), device=args.device, precision=args.precision,
+                                        compile=compile_mode_for(args.compile, len(todo)),
+                                        allow_untrained=True)
+        segmenter.warmup((1,))
+        border = segmenter.checkpoint.border_is_pet
+        grid_rows, bad = [], 0
+        for index, name, item in tqdm(todo, desc="predict", unit="img", disable=not sys.stderr.isatty()):
+            try:
+                if isinstance(item, Path):
+                    image, truth = read_rgb(item), None
+                else:
+                    image, truth = load_sample(item, border, None)
+            except DatasetFileError as exc:
+                if not args.skip_bad:
+                    raise
+                log.warning("skipping an unreadable photo: %s", exc)
+                bad += 1
+                continue
             mask = segmenter.predict(image) > args.threshold
-            Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{name}_mask.png")
             if args.overlay:
-                Image.fromarray(overlay(image, mask)).save(out / f"{name}_overlay.png")
-            if args.grid and index in grid_pick:
+                save_png(overlay(image, mask), out / f"{name}_overlay.png")
+            save_png(mask.astype(np.uint8) * 255, out / f"{name}_mask.png")
+            if index in grid_pick:
                 grid_rows.append((name, image, truth, mask))
-        if args.grid and grid_rows:
+        if grid_rows:
             save_comparison_grid(grid_rows, Path(args.grid), title=f"{segmenter.info.arch} predictions")
             log.info("comparison grid written to %s", args.grid)
-        print(f"wrote {len(items)} mask(s) to {out}")
+        notes = [f"{skipped} skipped (outputs exist)"] if skipped else []
+        notes += [f"{bad} unreadable photo(s) skipped"] if bad else []
+        print(f"wrote {len(todo) - bad} mask(s) to {out}" + (f" ({'; '.join(notes)})" if notes else ""))
         return 0
 
     return run_cli(run)
