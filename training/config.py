@@ -33,6 +33,10 @@ class TrainConfig:
     cache: bool = True
     skip_bad: bool = False
     limit: int | None = None
+    folds: int = 10
+    fold: int = 0
+    init_weights: str | None = None
+    encoder_weights: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

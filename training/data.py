@@ -3,7 +3,9 @@
 Layout: ``images/NAME.jpg``, ``annotations/trimaps/NAME.png``, ``annotations/trainval.txt`` and
 ``annotations/test.txt`` (lines ``NAME CLASS-ID SPECIES BREED-ID``; ``#`` lines are comments).
 Splits follow the lab's starter code: ``train`` = trainval lines whose index % 10 != 0, ``valid`` = index % 10 == 0,
-``test`` = test.txt.
+``test`` = test.txt. Cross-validation generalises the rule: with ``folds=K, fold=I`` the valid split is the lines whose
+index % K == I and train is the rest, so K runs (I = 0..K-1) score every trainval image exactly once; the default
+``K=10, I=0`` is the lab's split.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from tqdm import tqdm
 
 from training.images import DatasetFileError, read_rgb, read_trimap, trimap_to_mask
 
-__all__ = ["SPLITS", "PetDataset", "Sample", "list_split", "validate_layout"]
+__all__ = ["SPLITS", "PetDataset", "Sample", "check_fold", "list_split", "validate_layout"]
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -44,17 +46,25 @@ def validate_layout(root: Path, split: str) -> None:
             raise DatasetFileError(f"{root} is not in the Oxford-IIIT Pet layout: missing {sub}")
 
 
-def list_split(root: Path, split: str) -> list[Sample]:
-    """Names of a split, in file order, as samples with their image and trimap paths."""
+def check_fold(folds: int, fold: int) -> None:
+    if folds < 2 or not 0 <= fold < folds:
+        raise ValueError(f"--fold must be in 0..{folds - 1} and --folds at least 2 (got fold {fold} of {folds})")
+
+
+def list_split(root: Path, split: str, folds: int = 10, fold: int = 0) -> list[Sample]:
+    """Names of a split, in file order, as samples with their image and trimap paths.
+
+    ``valid`` is fold ``fold`` of ``folds`` (trainval index % folds == fold) and ``train`` the other folds."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    check_fold(folds, fold)
     validate_layout(root, split)
     lines = (root / "annotations" / _SPLIT_FILE[split]).read_text().splitlines()
     names = [line.split()[0] for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if split == "train":
-        names = [n for i, n in enumerate(names) if i % 10 != 0]
+        names = [n for i, n in enumerate(names) if i % folds != fold]
     elif split == "valid":
-        names = [n for i, n in enumerate(names) if i % 10 == 0]
+        names = [n for i, n in enumerate(names) if i % folds == fold]
     return [Sample(n, root / "images" / f"{n}.jpg", root / "annotations" / "trimaps" / f"{n}.png") for n in names]
 
 
@@ -78,6 +88,8 @@ class PetDataset(Dataset[dict[str, Any]]):
 
     With ``cache=True`` every image is decoded and resized to ``image_size`` once, up front, so epochs only pay
     for augmentation. With ``skip_bad=True`` unreadable samples are reported and dropped instead of raising.
+    ``mixer`` (set after construction, e.g. ``training.copy_paste.CopyPaste``) rewrites a decoded sample before the
+    transform: ``mixer(index, image, mask, rng) -> (image, mask)``.
     """
 
     def __init__(
@@ -91,14 +103,18 @@ class PetDataset(Dataset[dict[str, Any]]):
         cache: bool = True,
         skip_bad: bool = False,
         progress: bool = True,
+        folds: int = 10,
+        fold: int = 0,
     ) -> None:
         self.root = Path(root)
         self.split = split
         self.transform = transform
         self.image_size = image_size
         self.border_is_pet = border_is_pet
-        self.samples = list_split(self.root, split)
+        self.samples = list_split(self.root, split, folds, fold)
         self.skipped: list[str] = []
+        self.mixer: Callable[[int, np.ndarray, np.ndarray, np.random.Generator],
+                             tuple[np.ndarray, np.ndarray]] | None = None
         self._cache: list[tuple[np.ndarray, np.ndarray]] | None = None
         self.skip_bad = skip_bad
         if cache:
@@ -135,6 +151,13 @@ class PetDataset(Dataset[dict[str, Any]]):
         self.samples = good
         self._cache = cache if keep else None
 
+    @property
+    def decoded(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The decode-once cache: (image, mask) pairs at ``image_size``."""
+        if self._cache is None:
+            raise ValueError("this dataset was built with cache=False; copy-paste needs the decoded cache")
+        return self._cache
+
     def __len__(self) -> int:
         return len(self.samples)
 
@@ -143,6 +166,9 @@ class PetDataset(Dataset[dict[str, Any]]):
             image, mask = self._cache[index]
         else:
             image, mask = load_sample(self.samples[index], self.border_is_pet, self.image_size)
+        if self.mixer is not None:
+            # np.random is seeded per DataLoader worker (training.fit), so composites differ between workers.
+            image, mask = self.mixer(index, image, mask, np.random.default_rng(np.random.randint(0, 2**31 - 1)))
         if self.transform is not None:
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]

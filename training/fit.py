@@ -20,9 +20,12 @@ from torch.utils.data.distributed import DistributedSampler
 
 from models import build_model
 from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from models.pretrained import load_encoder_state
 from models.registry import canonical_arch_name
 from models.runtime import resolve_device, resolve_precision
 from training.config import SCHEDULERS, TrainConfig
+from training.copy_paste import CopyPaste
+from training.encoder_weights import read_encoder_weights
 from training.data import PetDataset
 from training.distributed import DistInfo, ShardSampler, cleanup_distributed, gather_result, init_distributed
 from training.losses import BCEDiceLoss
@@ -61,9 +64,14 @@ def _seed_worker(worker_id: int) -> None:
 def _make_loaders(config: TrainConfig, device: torch.device, info: DistInfo, progress: bool
                   ) -> tuple[DataLoader, DataLoader, DistributedSampler | None]:
     common: dict[str, Any] = {"image_size": config.image_size, "border_is_pet": config.border_is_pet,
-                              "cache": config.cache, "skip_bad": config.skip_bad, "progress": progress}
+                              "cache": config.cache, "skip_bad": config.skip_bad, "progress": progress,
+                              "folds": config.folds, "fold": config.fold}
     train_set: Any = PetDataset(config.data_path, "train", build_transform(config.augment, config.image_size), **common)
     valid_set: Any = PetDataset(config.data_path, "valid", build_transform("none", config.image_size), **common)
+    if config.augment == "copy-paste":
+        if not config.cache:
+            raise ValueError("--augment copy-paste composites from the decoded cache: drop --no-cache")
+        train_set.mixer = CopyPaste(train_set.decoded)
     if config.limit:
         train_set = Subset(train_set, range(min(config.limit, len(train_set))))
         valid_set = Subset(valid_set, range(min(config.limit, len(valid_set))))
@@ -132,6 +140,10 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
     train_loader, valid_loader, train_sampler = _make_loaders(config, device, info, progress)
 
     model: nn.Module = build_model(config.net) if resume is None else resume.build_model()
+    if config.init_weights and resume is None:
+        model = _initial_weights(config)
+    elif config.encoder_weights and resume is None:
+        _load_encoder_weights(model, config, progress)
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -193,6 +205,21 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
                 save_checkpoint(checkpoint, out_dir / "best.pt")
             _write_history(history, out_dir)
     return FitResult(out_dir, best_dice, best_epoch, max([0, *map(int, history["epoch"])]), history)
+
+
+def _initial_weights(config: TrainConfig) -> nn.Module:
+    """A fresh run (new optimizer, schedule and history) that starts from another checkpoint's weights."""
+    source = load_checkpoint(config.init_weights, expected_arch=config.net)  # type: ignore[arg-type]
+    log.info("starting from the weights of %s (%s, epoch %d)", config.init_weights, source.arch, source.epoch)
+    return source.build_model()
+
+
+def _load_encoder_weights(model: nn.Module, config: TrainConfig, progress: bool) -> None:
+    encoder = getattr(model, "encoder", None)
+    if encoder is None:
+        raise ValueError(f"--encoder-weights needs a model with a ResNet-34 encoder (resnet34_unet), not {config.net}")
+    count = load_encoder_state(encoder, read_encoder_weights(config.encoder_weights, progress=progress))
+    log.info("encoder: %d tensors loaded from %s", count, config.encoder_weights)
 
 
 def _restore(state: dict[str, Any], optimizer: torch.optim.Optimizer,

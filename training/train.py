@@ -69,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", dest="cache", action="store_false", help="decode images every epoch")
     p.add_argument("--skip-bad", action="store_true", help="report and skip unreadable samples instead of failing")
     p.add_argument("--limit", type=positive_int, default=None, help="use only the first N images of each split")
+    p.add_argument("--folds", type=positive_int, default=d.folds,
+                   help="cross-validation: trainval is cut into this many folds by index %% folds")
+    p.add_argument("--fold", type=int, default=d.fold,
+                   help="the fold held out for validation (0..folds-1); --folds 10 --fold 0 is the lab's split")
+    p.add_argument("--init-weights", default=None,
+                   help="start a new run from this checkpoint's weights (fresh optimizer, schedule and epochs)")
+    p.add_argument("--encoder-weights", default=None,
+                   help="pretrained ResNet-34 encoder for resnet34_unet: 'imagenet' (torchvision's weights, "
+                        "downloaded once and cached) or a state-dict file; for small datasets")
     p.add_argument("--download", action="store_true", help="fetch the official archives into --data_path first")
     return p
 
@@ -83,12 +92,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         border_is_pet=args.border == "pet", clip_grad_norm=args.clip_grad, amp=args.amp,
         channels_last=args.channels_last, device=args.device, workers=args.workers, seed=args.seed,
         out=out, resume=resume, cache=args.cache, skip_bad=args.skip_bad,
-        limit=args.limit,
+        limit=args.limit, folds=args.folds, fold=args.fold, init_weights=args.init_weights,
+        encoder_weights=args.encoder_weights,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.folds < 2 or not 0 <= args.fold < args.folds:
+        parser.error(f"--fold must be in 0..{args.folds - 1} and --folds at least 2")
+    if args.init_weights and args.model:
+        parser.error("--init-weights starts a new run; --model resumes one: give one of them")
+    if args.encoder_weights and args.init_weights:
+        parser.error("--init-weights already sets every weight; --encoder-weights would be overwritten")
     setup_logging(args.verbose)
 
     def run() -> int:

@@ -2,7 +2,8 @@
 
 ``report``: the lab report's train pipeline (resize, horizontal flip, shift/scale/rotate within 15 degrees, colour
 jitter, ImageNet normalisation). ``strong``: the same ideas pushed harder plus crops, blur and greyscale, for
-from-scratch training on a few hundred images. ``none``: resize and normalise only (valid/test).
+from-scratch training on a few hundred images. ``copy-paste``: ``strong`` applied to copy-paste composites (see
+``training.copy_paste``). ``none``: resize and normalise only (valid/test).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from models.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["AUGMENTATIONS", "build_transform"]
 
-AUGMENTATIONS = ("none", "report", "strong")
+AUGMENTATIONS = ("none", "report", "strong", "copy-paste")
 
 
 def build_transform(kind: str, image_size: int) -> A.Compose:
@@ -33,7 +34,7 @@ def build_transform(kind: str, image_size: int) -> A.Compose:
                 normalize,
             ]
         )
-    if kind == "strong":
+    if kind in ("strong", "copy-paste"):  # copy-paste composites first (training.copy_paste), then this
         return A.Compose(
             [
                 resize,
