@@ -1,6 +1,11 @@
 """Score a checkpoint on a split at each image's original resolution: Dice and IoU, per image and pooled.
 
     python -m training.evaluate --model runs/unet/best.pt --data_path dataset/oxford-iiit-pet --split test
+    python -m training.evaluate --model runs/cv/fold2/best.pt --data_path ... --split valid --folds 5 --fold 2
+
+Both conventions for the trimap's border band are reported: as the model was trained (the report counts it as
+pet) and ignored (border pixels count for neither side: the score against a tight outline). So are the share of
+images under Dice 0.7 (the failures a user sees) and the mean per breed.
 """
 from __future__ import annotations
 
@@ -9,15 +14,18 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from models.inference import Segmenter
 from training.cli import add_common_flags, add_inference_flags, compile_mode_for, run_cli, setup_logging
-from training.data import SPLITS, Sample, list_split, load_sample
-from training.metrics import SegmentationMetrics
+from training.data import SPLITS, Sample, list_split
+from training.images import TRIMAP_BORDER, DatasetFileError, read_rgb, read_trimap, trimap_to_mask
+from training.metrics import SegmentationMetrics, breed_of
 
 log = logging.getLogger("training.evaluate")
 
@@ -36,21 +44,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worst", type=int, default=10, help="how many of the worst images to list")
     p.add_argument("--out", default=None, help="JSON report path (default: next to the checkpoint)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--folds", type=int, default=10, help="cross-validation folds (see petseg-train --folds)")
+    p.add_argument("--fold", type=int, default=0, help="with --split valid: the held-out fold")
     return p
 
 
+@dataclass
+class Evaluation:
+    """Per-image scores under both border conventions."""
+
+    scored: SegmentationMetrics          # border as the model was trained (or as --border says)
+    border_ignored: SegmentationMetrics  # border pixels excluded from prediction and ground truth
+
+    @classmethod
+    def empty(cls) -> Evaluation:
+        return cls(SegmentationMetrics(), SegmentationMetrics())
+
+    def report(self, worst: int = 10) -> dict[str, object]:
+        return {**self.scored.summary(), "below_0.7": self.scored.share_below(0.7),
+                "per_breed": self.scored.by_group(breed_of), "worst": self.scored.worst(worst),
+                "per_image": dict(zip(self.scored.names, self.scored.dice, strict=True)),
+                "border_ignored": {**self.border_ignored.summary(),
+                                   "below_0.7": self.border_ignored.share_below(0.7),
+                                   "per_breed": self.border_ignored.by_group(breed_of)}}
+
+
+def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """The photo and its trimap, checked to be the same size."""
+    image, trimap = read_rgb(sample.image_path), read_trimap(sample.trimap_path)
+    if image.shape[:2] != trimap.shape:
+        raise DatasetFileError(f"trimap {sample.trimap_path} is {trimap.shape[1]}x{trimap.shape[0]} but image "
+                               f"{sample.image_path} is {image.shape[1]}x{image.shape[0]}")
+    return image, trimap
+
+
 def evaluate(segmenter: Segmenter, samples: Sequence[Sample], *, batch_size: int = 8, threshold: float = 0.5,
-             border_is_pet: bool = True, progress: bool = True, label: str = "") -> SegmentationMetrics:
-    """Predict every sample at full size and score it against its trimap-derived mask."""
-    metrics = SegmentationMetrics()
+             border_is_pet: bool = True, progress: bool = True, label: str = "",
+             into: Evaluation | None = None) -> Evaluation:
+    """Predict every sample at full size and score it against its trimap, under both border conventions
+    (added to ``into`` when given, e.g. to pool the folds of a cross-validation)."""
+    result = into if into is not None else Evaluation.empty()
     for start in tqdm(range(0, len(samples), batch_size), desc=f"evaluate {label}".strip(), unit="batch",
                       disable=not progress):
         chunk = samples[start:start + batch_size]
-        loaded = [load_sample(s, border_is_pet, None) for s in chunk]
+        loaded = [load_pair(s) for s in chunk]
         probs = segmenter.predict_batch([image for image, _ in loaded])
-        for sample, (_, mask), prob in zip(chunk, loaded, probs, strict=True):
-            metrics.update(torch.from_numpy(prob > threshold)[None], torch.from_numpy(mask > 0)[None], [sample.name])
-    return metrics
+        for sample, (_, trimap), prob in zip(chunk, loaded, probs, strict=True):
+            pred = torch.from_numpy(prob > threshold)[None]
+            truth = torch.from_numpy(trimap_to_mask(trimap, border_is_pet) > 0)[None]
+            result.scored.update(pred, truth, [sample.name])
+            border = torch.from_numpy(trimap == TRIMAP_BORDER)[None]
+            result.border_ignored.update(pred, truth, [sample.name], ignore=border)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def run() -> int:
-        samples = list_split(Path(args.data_path), args.split)[: args.limit]
+        samples = list_split(Path(args.data_path), args.split, args.folds, args.fold)[: args.limit]
         segmenter = Segmenter.from_file(args.model, device=args.device, precision=args.precision,
                                         compile=compile_mode_for(args.compile, len(samples)), allow_untrained=True)
         segmenter.warmup((min(args.batch_size, max(len(samples), 1)),))
@@ -67,18 +112,21 @@ def main(argv: list[str] | None = None) -> int:
 
             load_checkpoint(args.model, expected_arch=args.net)
         border = segmenter.checkpoint.border_is_pet if args.border == "checkpoint" else args.border == "pet"
-        metrics = evaluate(segmenter, samples, batch_size=args.batch_size, threshold=args.threshold,
-                           border_is_pet=border, progress=sys.stderr.isatty(), label=args.split)
-        summary = metrics.summary()
+        evaluation = evaluate(segmenter, samples, batch_size=args.batch_size, threshold=args.threshold,
+                              border_is_pet=border, progress=sys.stderr.isatty(), label=args.split)
+        summary = evaluation.scored.summary()
         report = {"checkpoint": str(args.model), "arch": segmenter.info.arch, "split": args.split,
                   "data_path": str(args.data_path), "threshold": args.threshold, "border_is_pet": border,
-                  "precision": segmenter.precision, **summary, "worst": metrics.worst(args.worst),
-                  "per_image": dict(zip(metrics.names, metrics.dice, strict=True))}
+                  "precision": segmenter.precision, **evaluation.report(args.worst)}
         out = Path(args.out) if args.out else Path(args.model).with_name(f"eval_{args.split}.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1))
+        ignored = report["border_ignored"]
         print(f"{args.split}: {summary['images']} images  Dice {summary['dice']:.4f} (micro {summary['dice_micro']:.4f})"
-              f"  IoU {summary['iou']:.4f} (micro {summary['iou_micro']:.4f})")
+              f"  IoU {summary['iou']:.4f} (micro {summary['iou_micro']:.4f})  under 0.7: {report['below_0.7']:.1%}")
+        print(f"  border ignored: Dice {ignored['dice']:.4f}  under 0.7: {ignored['below_0.7']:.1%}")
+        for breed, row in report["per_breed"].items():
+            print(f"  {breed}: Dice {row['dice']:.4f} over {row['images']} images, under 0.7: {row['below_0.7']:.1%}")
         for row in report["worst"][:5]:
             print(f"  worst: {row['name']}  Dice {row['dice']:.3f}")
         log.info("report written to %s", out)

@@ -5,12 +5,18 @@ An image where prediction and ground truth are both empty scores 1 (nothing to f
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-__all__ = ["SegmentationMetrics", "dice_score", "iou_score"]
+__all__ = ["SegmentationMetrics", "breed_of", "dice_score", "iou_score"]
+
+
+def breed_of(name: str) -> str:
+    """Oxford-IIIT Pet names are ``Breed_Name_123``: the breed is everything before the last underscore."""
+    return name.rsplit("_", 1)[0] if "_" in name else name
 
 
 def _counts(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -45,9 +51,15 @@ class SegmentationMetrics:
     pred_pixels: float = 0.0
     target_pixels: float = 0.0
 
-    def update(self, pred: Tensor, target: Tensor, names: list[str] | None = None) -> None:
+    def update(self, pred: Tensor, target: Tensor, names: list[str] | None = None,
+               ignore: Tensor | None = None) -> None:
+        """Add a batch of boolean masks; pixels where ``ignore`` is true (e.g. the trimap's border band) count
+        for neither prediction nor ground truth."""
         pred = pred.detach().cpu()
         target = target.detach().cpu()
+        if ignore is not None:
+            keep = ~ignore.detach().cpu().bool()
+            pred, target = pred.bool() & keep, target.bool() & keep
         inter, p, t = _counts(pred, target)
         self.dice += dice_score(pred, target).tolist()
         self.iou += iou_score(pred, target).tolist()
@@ -74,6 +86,18 @@ class SegmentationMetrics:
             "iou_micro": self.intersection / union if union else 1.0,
             "images": len(self.dice),
         }
+
+    def share_below(self, threshold: float) -> float:
+        """Share of images whose Dice is under ``threshold`` (the failures a user notices)."""
+        return sum(d < threshold for d in self.dice) / len(self.dice) if self.dice else float("nan")
+
+    def by_group(self, group_of: Callable[[str], str]) -> dict[str, dict[str, float]]:
+        """Mean Dice, share under 0.7 and image count per group of names (e.g. per breed)."""
+        groups: dict[str, list[float]] = {}
+        for name, dice in zip(self.names, self.dice, strict=True):
+            groups.setdefault(group_of(name), []).append(dice)
+        return {g: {"dice": sum(v) / len(v), "below_0.7": sum(d < 0.7 for d in v) / len(v), "images": len(v)}
+                for g, v in sorted(groups.items())}
 
     def worst(self, k: int = 10) -> list[dict[str, float | str]]:
         """The ``k`` images with the lowest Dice, worst first."""

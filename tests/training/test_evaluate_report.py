@@ -1,0 +1,73 @@
+"""petseg-evaluate reports what the model-quality work is judged by: both border conventions, failures, breeds."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training import evaluate
+from training.data import list_split
+from training.images import read_trimap
+from training.metrics import SegmentationMetrics, breed_of
+
+
+@pytest.fixture(scope="module")
+def report(pet_dataset: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("eval") / "report.json"
+    assert evaluate.main(["--model", str(tiny_checkpoint), "--data_path", str(pet_dataset), "--split", "valid",
+                          "--folds", "5", "--fold", "2", "--out", str(out), "--device", "cpu",
+                          "--precision", "fp32"]) == 0
+    return json.loads(out.read_text())
+
+
+def test_report_scores_the_requested_fold(report: dict, pet_dataset: Path) -> None:
+    assert sorted(report["per_image"]) == sorted(s.name for s in list_split(pet_dataset, "valid", 5, 2))
+
+
+def test_report_gives_the_share_under_0_7(report: dict) -> None:
+    scores = list(report["per_image"].values())
+    assert report["below_0.7"] == pytest.approx(np.mean([d < 0.7 for d in scores]))
+
+
+def test_report_gives_per_breed_means(report: dict) -> None:
+    breeds = report["per_breed"]
+    assert set(breeds) == {breed_of(name) for name in report["per_image"]}
+    for breed, row in breeds.items():
+        mine = [d for n, d in report["per_image"].items() if breed_of(n) == breed]
+        assert row["images"] == len(mine) and row["dice"] == pytest.approx(np.mean(mine))
+
+
+def test_report_scores_the_border_ignored_too(report: dict, pet_dataset: Path) -> None:
+    ignored = report["border_ignored"]
+    assert ignored["images"] == report["images"] and 0.0 <= ignored["dice"] <= 1.0
+    has_border = any((read_trimap(s.trimap_path) == 3).any() for s in list_split(pet_dataset, "valid", 5, 2))
+    assert has_border and ignored["dice"] != report["dice"]
+
+
+def test_ignored_pixels_count_for_neither_side() -> None:
+    pred = torch.zeros(1, 4, 4, dtype=torch.bool)
+    truth = torch.zeros(1, 4, 4, dtype=torch.bool)
+    pred[0, :2] = True   # rows 0-1 predicted
+    truth[0, :3] = True  # rows 0-2 true; row 2 is the border band
+    border = torch.zeros(1, 4, 4, dtype=torch.bool)
+    border[0, 2] = True
+    plain, ignored = SegmentationMetrics(), SegmentationMetrics()
+    plain.update(pred, truth)
+    ignored.update(pred, truth, ignore=border)
+    assert plain.dice[0] == pytest.approx(2 * 8 / (8 + 12)) and ignored.dice[0] == pytest.approx(1.0)
+
+
+def test_breed_is_the_name_before_the_last_underscore() -> None:
+    assert breed_of("american_bulldog_147") == "american_bulldog" and breed_of("Bengal_3") == "Bengal"
+    assert breed_of("photo") == "photo"
+
+
+def test_share_below_and_groups() -> None:
+    metrics = SegmentationMetrics(names=["a_1", "a_2", "b_1"], dice=[0.5, 0.9, 0.69], iou=[0.0, 0.0, 0.0])
+    assert metrics.share_below(0.7) == pytest.approx(2 / 3)
+    groups = metrics.by_group(breed_of)
+    assert groups["a"] == {"dice": pytest.approx(0.7), "below_0.7": 0.5, "images": 2}
+    assert groups["b"]["below_0.7"] == 1.0
