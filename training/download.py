@@ -113,23 +113,36 @@ def _ensure_writable(data_path: Path) -> None:
 
 def _fetch(archive: Archive, data_path: Path, *, progress: bool, timeout: float, retries: int) -> Path:
     """Return the path of a verified copy of ``archive``, downloading it if needed."""
-    final = data_path / archive.name
+    return fetch_file(archive.url, data_path / archive.name, algorithm="md5", digest=archive.md5,
+                      progress=progress, timeout=timeout, retries=retries)
+
+
+def fetch_file(url: str, final: Path, *, algorithm: str, digest: str, progress: bool = True,
+               timeout: float = 60.0, retries: int = 3) -> Path:
+    """Download ``url`` to ``final`` unless a verified copy is there; resumable through ``final.part``.
+
+    The file is verified with ``hashlib``'s ``algorithm``: its hex digest must start with ``digest`` (a whole
+    digest, or a published prefix such as the 8 sha256 characters in torchvision's weight file names). A bad
+    download is deleted and reported; the verified file appears under its final name atomically.
+    """
+    digest = digest.lower()
     if final.is_file():
-        logger.info("Verifying md5 of existing %s", final)
-        if _md5(final) == archive.md5.lower():
+        logger.info("Verifying %s of existing %s", algorithm, final)
+        if _hexdigest(final, algorithm).startswith(digest):
             logger.info("%s already downloaded, checksum OK", final)
             return final
         logger.warning("Existing %s has a wrong checksum, downloading it again", final)
         final.unlink()
-    part = data_path / (archive.name + ".part")
-    logger.info("Downloading %s to %s", archive.url, final)
-    _download(archive.url, part, progress=progress, timeout=timeout, retries=retries)
-    logger.info("Verifying md5 of %s", part)
-    actual = _md5(part)
-    if actual != archive.md5.lower():
+    final.parent.mkdir(parents=True, exist_ok=True)
+    part = final.with_name(final.name + ".part")
+    logger.info("Downloading %s to %s", url, final)
+    _download(url, part, progress=progress, timeout=timeout, retries=retries)
+    logger.info("Verifying %s of %s", algorithm, part)
+    actual = _hexdigest(part, algorithm)
+    if not actual.startswith(digest):
         part.unlink()
         raise DownloadError(
-            f"checksum mismatch for {archive.name} from {archive.url}: expected md5 {archive.md5}, "
+            f"checksum mismatch for {final.name} from {url}: expected {algorithm} {digest}, "
             f"got {actual}; the bad file was deleted, run again to re-download"
         )
     os.replace(part, final)
@@ -197,8 +210,8 @@ def _stream(
     return received
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
+def _hexdigest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with path.open("rb") as f:
         while chunk := f.read(CHUNK_SIZE):
             digest.update(chunk)

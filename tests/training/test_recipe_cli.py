@@ -1,0 +1,130 @@
+"""The recipe flags: copy-paste augmentation, cross-validation folds and starting from another run's weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint
+from tests.training._runs import train
+
+slow = pytest.mark.slow
+
+
+@slow
+def test_train_with_copy_paste_runs_and_learns_something(pets30: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cp"
+    assert train(pets30, out, "-n", "unet", "-e", "1", "--augment", "copy-paste") == 0
+    checkpoint = load_checkpoint(out / "last.pt")
+    assert checkpoint.config["augment"] == "copy-paste" and checkpoint.epoch == 1
+
+
+def test_copy_paste_without_the_cache_is_exit_2(pets30: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert train(pets30, tmp_path / "x", "--augment", "copy-paste", "--no-cache") == 2
+    assert "drop --no-cache" in capsys.readouterr().err
+
+
+@slow
+def test_train_on_a_fold_validates_on_that_fold(pets30: Path, tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "fold"
+    with caplog.at_level("INFO"):
+        assert main_fold(pets30, out) == 0
+    assert "data: 22 train / 8 valid images" in caplog.text  # 30 trainval images, fold 1 of 4: 8 held out
+    assert load_checkpoint(out / "last.pt").config["fold"] == 1
+
+
+def main_fold(data: Path, out: Path) -> int:
+    from training.train import main
+
+    return main(["--data_path", str(data), "--out", str(out), "--image-size", "32", "-b", "8", "--workers", "0",
+                 "--device", "cpu", "-n", "unet", "-e", "1", "--folds", "4", "--fold", "1"])
+
+
+@pytest.mark.parametrize("flags", [["--folds", "4", "--fold", "4"], ["--folds", "1"]])
+def test_impossible_fold_is_exit_2(pets30: Path, tmp_path: Path, flags: list[str],
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        train(pets30, tmp_path / "x", *flags)
+    assert exc.value.code == 2 and "--fold" in capsys.readouterr().err
+
+
+@slow
+def test_init_weights_starts_a_new_run_from_the_given_weights(pets30: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    assert train(pets30, first, "-n", "unet", "-e", "1") == 0
+    second = tmp_path / "second"
+    # A learning rate so small that one step leaves the weights where they started.
+    assert train(pets30, second, "-n", "unet", "-e", "1", "-lr", "1e-12", "--seed", "9",
+                 "--init-weights", str(first / "last.pt")) == 0
+    source, started = load_checkpoint(first / "last.pt"), load_checkpoint(second / "last.pt")
+    assert started.epoch == 1 and started.training_state["history"]["epoch"] == [1.0]
+    for key, value in source.model_state.items():
+        if value.is_floating_point() and "running" not in key:
+            torch.testing.assert_close(started.model_state[key], value, atol=1e-6, rtol=0)
+
+
+def test_init_weights_and_resume_together_is_exit_2(pets30: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        train(pets30, tmp_path / "x", "--init-weights", "a.pt", "--model", "last")
+    assert exc.value.code == 2 and "--init-weights" in capsys.readouterr().err
+
+
+def test_init_weights_of_another_architecture_is_exit_2(pets30: Path, tmp_path: Path, tiny_checkpoint: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert train(pets30, tmp_path / "x", "-n", "unet", "--init-weights", str(tiny_checkpoint)) == 2
+    assert "resnet34_unet" in capsys.readouterr().err
+
+
+# --- petseg-cv: every image scored once, by the fold model that never saw it ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def cv_run(pets30: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.cv import main
+
+    out = tmp_path_factory.mktemp("cv") / "run"
+    assert main(["--data_path", str(pets30), "--out", str(out), "--folds", "3", "-n", "unet", "-e", "1",
+                 "--image-size", "32", "-b", "8", "--workers", "0", "--device", "cpu", "--worst", "4"]) == 0
+    return out
+
+
+@slow
+def test_cv_scores_every_trainval_image_once(cv_run: Path, pets30: Path) -> None:
+    import json
+
+    from training.data import list_split
+
+    report = json.loads((cv_run / "cv_report.json").read_text())
+    trainval = {s.name for split in ("train", "valid") for s in list_split(pets30, split)}
+    assert set(report["per_image"]) == trainval and report["images"] == len(trainval)
+    assert {report["fold_of"][name] for name in trainval} == {0, 1, 2}
+    assert "dice" in report["border_ignored"] and report["per_breed"] and len(report["worst"]) == 4
+
+
+@slow
+def test_cv_trains_one_model_per_fold_and_draws_the_worst(cv_run: Path) -> None:
+    for fold in range(3):
+        assert load_checkpoint(cv_run / f"fold{fold}" / "best.pt").config["fold"] == fold
+    assert (cv_run / "cv_worst.png").stat().st_size > 1000
+
+
+@slow
+def test_cv_rerun_resumes_finished_folds_without_training_again(cv_run: Path, pets30: Path) -> None:
+    from training.cv import main
+
+    before = (cv_run / "fold0" / "last.pt").stat().st_mtime_ns
+    assert main(["--data_path", str(pets30), "--out", str(cv_run), "--folds", "3", "-n", "unet", "-e", "1",
+                 "--image-size", "32", "-b", "8", "--workers", "0", "--device", "cpu", "--worst", "4"]) == 0
+    assert (cv_run / "fold0" / "last.pt").stat().st_mtime_ns == before
+
+
+def test_cv_refuses_weights_that_would_leak(pets30: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.cv import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--data_path", str(pets30), "--init-weights", "x.pt"])
+    assert exc.value.code == 2 and "leak" in capsys.readouterr().err
