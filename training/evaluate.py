@@ -22,12 +22,14 @@ import torch
 from tqdm import tqdm
 
 from models.inference import Segmenter
+from models.refine import guided_upsample
 from training.cli import add_common_flags, add_inference_flags, compile_mode_for, run_cli, setup_logging
 from training.data import SPLITS, Sample, list_split
 from training.images import TRIMAP_BORDER, DatasetFileError, read_rgb, read_trimap, trimap_to_mask
 from training.metrics import SegmentationMetrics, breed_of
 
 log = logging.getLogger("training.evaluate")
+REFINEMENTS = ("none", "guided")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worst", type=int, default=10, help="how many of the worst images to list")
     p.add_argument("--out", default=None, help="JSON report path (default: next to the checkpoint)")
     p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--refine", choices=REFINEMENTS, default="none",
+                   help="up-sampling of the probability map to the photo's size: bilinear (none) or the guided "
+                        "filter that follows the photo's edges (guided)")
     p.add_argument("--folds", type=int, default=10, help="cross-validation folds (see petseg-train --folds)")
     p.add_argument("--fold", type=int, default=0, help="with --split valid: the held-out fold")
     return p
@@ -80,7 +85,7 @@ def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate(segmenter: Segmenter, samples: Sequence[Sample], *, batch_size: int = 8, threshold: float = 0.5,
              border_is_pet: bool = True, progress: bool = True, label: str = "",
-             into: Evaluation | None = None) -> Evaluation:
+             into: Evaluation | None = None, refine: str = "none") -> Evaluation:
     """Predict every sample at full size and score it against its trimap, under both border conventions
     (added to ``into`` when given, e.g. to pool the folds of a cross-validation)."""
     result = into if into is not None else Evaluation.empty()
@@ -88,7 +93,7 @@ def evaluate(segmenter: Segmenter, samples: Sequence[Sample], *, batch_size: int
                       disable=not progress):
         chunk = samples[start:start + batch_size]
         loaded = [load_pair(s) for s in chunk]
-        probs = segmenter.predict_batch([image for image, _ in loaded])
+        probs = _probabilities(segmenter, [image for image, _ in loaded], refine)
         for sample, (_, trimap), prob in zip(chunk, loaded, probs, strict=True):
             pred = torch.from_numpy(prob > threshold)[None]
             truth = torch.from_numpy(trimap_to_mask(trimap, border_is_pet) > 0)[None]
@@ -96,6 +101,15 @@ def evaluate(segmenter: Segmenter, samples: Sequence[Sample], *, batch_size: int
             border = torch.from_numpy(trimap == TRIMAP_BORDER)[None]
             result.border_ignored.update(pred, truth, [sample.name], ignore=border)
     return result
+
+
+def _probabilities(segmenter: Segmenter, images: list[np.ndarray], refine: str) -> list[np.ndarray]:
+    """Probability maps at each photo's size, up-sampled as ``refine`` says."""
+    if refine == "none":
+        return segmenter.predict_batch(images)
+    side = segmenter.image_size
+    small = segmenter.predict_batch(images, [(side, side)] * len(images))
+    return [guided_upsample(prob, image) for prob, image in zip(small, images, strict=True)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,11 +127,12 @@ def main(argv: list[str] | None = None) -> int:
             load_checkpoint(args.model, expected_arch=args.net)
         border = segmenter.checkpoint.border_is_pet if args.border == "checkpoint" else args.border == "pet"
         evaluation = evaluate(segmenter, samples, batch_size=args.batch_size, threshold=args.threshold,
-                              border_is_pet=border, progress=sys.stderr.isatty(), label=args.split)
+                              border_is_pet=border, progress=sys.stderr.isatty(), label=args.split,
+                              refine=args.refine)
         summary = evaluation.scored.summary()
         report = {"checkpoint": str(args.model), "arch": segmenter.info.arch, "split": args.split,
                   "data_path": str(args.data_path), "threshold": args.threshold, "border_is_pet": border,
-                  "precision": segmenter.precision, **evaluation.report(args.worst)}
+                  "precision": segmenter.precision, "refine": args.refine, **evaluation.report(args.worst)}
         out = Path(args.out) if args.out else Path(args.model).with_name(f"eval_{args.split}.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1))

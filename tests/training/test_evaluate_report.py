@@ -71,3 +71,13 @@ def test_share_below_and_groups() -> None:
     groups = metrics.by_group(breed_of)
     assert groups["a"] == {"dice": pytest.approx(0.7), "below_0.7": 0.5, "images": 2}
     assert groups["b"]["below_0.7"] == 1.0
+
+
+def test_guided_refinement_is_scored_at_full_resolution(pet_dataset: Path, tiny_checkpoint: Path,
+                                                        tmp_path: Path) -> None:
+    out = tmp_path / "guided.json"
+    assert evaluate.main(["--model", str(tiny_checkpoint), "--data_path", str(pet_dataset), "--split", "valid",
+                          "--refine", "guided", "--out", str(out), "--device", "cpu", "--precision", "fp32"]) == 0
+    report = json.loads(out.read_text())
+    assert report["refine"] == "guided" and report["images"] == len(list_split(pet_dataset, "valid"))
+    assert all(0.0 <= d <= 1.0 for d in report["per_image"].values())
