@@ -1,0 +1,156 @@
+"""What a segmentation answer shows besides the mask: the rendering options, their checks, and the rendering.
+
+``RenderRequest`` holds the options (output, soft edges, background, crop, PNG or JPEG); ``render_request``
+builds one from form values and refuses contradictions with a 422 that names the field; ``render`` draws and
+encodes. No HTTP here: ``/segment`` and any other endpoint share it.
+
+The default request (``output=mask`` as a PNG) never comes here: the service keeps its fast path for it.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from app.compose import Box, Colour, Margin, composite, crop_to_subject, parse_colour, parse_margin
+from app.errors import ApiError
+from app.imaging import encode_mask_png, encode_png, overlay_rgb
+from app.postprocess import FullSizePrediction
+from models.refine import guided_upsample
+
+__all__ = ["ALPHA_CONTRAST", "JPEG_QUALITY", "OUTPUTS", "RenderRequest", "Rendered", "render", "render_request"]
+
+OUTPUTS: tuple[str, ...] = ("mask", "probability", "overlay", "cutout", "alpha")
+Encoding = Literal["png", "jpeg"]
+# The soft alpha is the guided-filter-refined probability steepened around 0.5 (models.refine, ``contrast``):
+# below 0.375 clear, above 0.625 opaque, graded in between, so that where the model is merely fairly sure
+# (0.9 on the pet, 0.1 on the background) the cutout is opaque or clear rather than faintly see-through.
+ALPHA_CONTRAST = 4.0
+JPEG_QUALITY = 90
+_CUTOUTS = ("cutout", "alpha")
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    output: str = "mask"
+    soft: bool = False  # cutout: the refined soft alpha instead of the thresholded mask (alpha: always)
+    background: Colour | None = None  # cutout and alpha: a colour under the pet; None: transparent
+    background_image: bytes | None = None  # cutout and alpha: an image under the pet, scaled to cover
+    crop: bool = False  # cut the answer to the pet's bounding box
+    crop_margin: Margin = field(default_factory=Margin)
+    encoding: Encoding = "png"
+
+    @property
+    def soft_alpha(self) -> bool:
+        return self.output == "alpha" or (self.output == "cutout" and self.soft)
+
+    @property
+    def needs_photo(self) -> bool:
+        """Whether the full-size photo is painted on (else the model's draft decode is enough)."""
+        return self.output in ("overlay", *_CUTOUTS)
+
+    @property
+    def transparent(self) -> bool:
+        return self.output in _CUTOUTS and self.background is None and self.background_image is None
+
+    @property
+    def is_default(self) -> bool:
+        """The plain mask PNG: the service's fast path, which never calls ``render``."""
+        return self.output == "mask" and not self.crop and self.encoding == "png"
+
+
+def _given(value: str | None) -> bool:
+    return value is not None and value.strip() != ""
+
+
+def render_request(output: str = "mask", *, soft: bool | None = None, background: str | None = None,
+                   background_image: bytes | None = None, crop: bool = False, crop_margin: str | None = None,
+                   encoding: Encoding = "png") -> RenderRequest:
+    """Check the options together and build the request; every refusal is a 422 whose message starts with the
+    field at fault. Blank text fields count as not given (an HTML form sends its empty inputs)."""
+    if output not in OUTPUTS:
+        raise ApiError(422, f"output: {output!r} is not one of {', '.join(OUTPUTS)}")
+    is_cutout = output in _CUTOUTS
+    if soft is not None and not is_cutout:
+        raise ApiError(422, f"soft: applies to output=cutout (and alpha, which is always soft), not {output}")
+    if soft is False and output == "alpha":
+        raise ApiError(422, "soft: output=alpha is always soft; ask for output=cutout for the hard-edged cutout")
+    colour = None
+    if _given(background):
+        if not is_cutout:
+            raise ApiError(422, f"background: applies to output=cutout or alpha, not {output}")
+        try:
+            colour = parse_colour(background)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ApiError(422, f"background: {exc}") from None
+    if background_image is not None:
+        if not is_cutout:
+            raise ApiError(422, f"background_image: applies to output=cutout or alpha, not {output}")
+        if _given(background):
+            raise ApiError(422, "background_image: give background (a colour) or background_image, not both")
+    margin = Margin()
+    if _given(crop_margin):
+        if not crop:
+            raise ApiError(422, "crop_margin: applies only with crop=true")
+        try:
+            margin = parse_margin(crop_margin)  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ApiError(422, f"crop_margin: {exc}") from None
+    request = RenderRequest(output, bool(soft), colour, background_image, crop, margin, encoding)
+    if encoding == "jpeg" and request.transparent:
+        raise ApiError(422, f"format: a JPEG cannot hold the transparent background of output={output}; add "
+                            "background=#RRGGBB (or a background_image), or ask for format=png")
+    return request
+
+
+@dataclass(frozen=True)
+class Rendered:
+    data: bytes
+    media_type: str  # image/png or image/jpeg
+    box: Box | None  # the crop, in the photo's pixels; None when not cropped
+
+
+def _encode(array: np.ndarray, encoding: Encoding, is_mask: bool) -> Rendered:
+    if encoding == "jpeg":
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        return Rendered(buffer.getvalue(), "image/jpeg", None)
+    return Rendered(encode_mask_png(array) if is_mask else encode_png(array), "image/png", None)
+
+
+def render(request: RenderRequest, prediction: FullSizePrediction, prob_small: np.ndarray,
+           rgb: np.ndarray | None, background: np.ndarray | None = None, *, threshold: float = 0.5) -> Rendered:
+    """Draw and encode the requested rendering at the photo's size (or cropped to the pet).
+
+    ``prediction`` is the full-size mask and probability; ``prob_small`` the model's map, which the soft alpha
+    refines along ``rgb`` (the full-size photo; needed by overlay, cutout and alpha); ``background`` the
+    decoded ``background_image``. An empty mask with ``crop`` is a 422: there is nothing to crop to."""
+    mask, probability = prediction.mask, prediction.probability
+    alpha = mask
+    if request.soft_alpha:
+        assert rgb is not None, "the soft alpha needs the full-size photo"
+        alpha = guided_upsample(prob_small, rgb, contrast=ALPHA_CONTRAST, dtype=np.uint8)
+    box = None
+    if request.crop:
+        _, box = crop_to_subject(alpha, alpha, request.crop_margin)
+        if box is None:
+            raise ApiError(422, f"crop: no pet found in the image at threshold {threshold:g}, so there is nothing "
+                                "to crop to; lower the threshold or leave crop out")
+        rows, cols = box.slices()
+        mask, probability, alpha = mask[rows, cols], probability[rows, cols], alpha[rows, cols]
+        rgb = rgb[rows, cols] if rgb is not None else None
+    if request.output == "mask":
+        array = mask
+    elif request.output == "probability":
+        array = probability
+    elif request.output == "overlay":
+        assert rgb is not None, "the overlay needs the full-size photo"
+        array = overlay_rgb(rgb, mask > 0)
+    else:
+        assert rgb is not None, "a cutout needs the full-size photo"
+        array = composite(rgb, alpha, background if background is not None else request.background)
+    rendered = _encode(np.ascontiguousarray(array), request.encoding, is_mask=request.output == "mask")
+    return Rendered(rendered.data, rendered.media_type, box)
