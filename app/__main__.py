@@ -31,9 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         # Fail here with one line rather than inside uvicorn's start-up with a traceback.
-        if not settings.checkpoint.is_file():
-            raise CheckpointError(f"checkpoint not found: {settings.checkpoint} (set PETSEG_CHECKPOINT)")
-        load_checkpoint(settings.checkpoint)
+        if settings.checkpoints is None:
+            if not settings.checkpoint.is_file():
+                raise CheckpointError(f"checkpoint not found: {settings.checkpoint} (set PETSEG_CHECKPOINT)")
+            load_checkpoint(settings.checkpoint)
+        for name, path in (settings.checkpoints or {}).items():
+            try:
+                load_checkpoint(path)
+            except CheckpointError as exc:
+                raise CheckpointError(f"model {name!r} in PETSEG_CHECKPOINTS: {exc}") from None
     except (SettingsError, CheckpointError) as exc:
         print(f"petseg-serve: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,10 @@ pool, and once the pools hold more threads than there are cores libgomp stops sp
 On the CPU there are two lanes by default and each pass is told how many cores it may use (``app.cores``): all
 of them when it runs alone (lowest latency), a share when passes overlap (highest throughput). The queue is
 bounded: when it is full the caller gets a 503 with ``Retry-After`` instead of the server growing without limit.
+
+Several models share the lanes (``add_model``): a job names its model, a batch holds one model's jobs only, and
+no more passes run at once than there are lanes, whichever models they are for. Jobs without a name run the
+model given to ``configure`` (the default one), so a single-model service runs exactly as before.
 """
 from __future__ import annotations
 
@@ -44,7 +48,17 @@ class _Call:
 @dataclass
 class _Job:
     tensor: torch.Tensor
+    model: str | None = None  # None: the default model (``configure``)
     future: cf.Future[np.ndarray] = field(default_factory=cf.Future)
+
+
+@dataclass
+class _Model:
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    on_batch: Callable[[int, float], None] | None
+
+
+_ANY_MODEL = object()  # ``take`` without a model filter
 
 
 class _Stop:
@@ -92,18 +106,31 @@ class _WorkQueue:
         with self._cond:
             self._lane0_busy = False
 
-    def take(self, lane: int, timeout_s: float | None = None) -> _Job | _Call | _Stop | None:
-        """The lane's next call, else the next job; ``_Stop`` once closed and empty; None on timeout."""
+    def _pop_job(self, model: object) -> _Job | None:
+        """The oldest job, or with a model filter the oldest job for that model (None when there is none)."""
+        if model is _ANY_MODEL:
+            return self._jobs.popleft()
+        for index, job in enumerate(self._jobs):
+            if job.model == model:
+                del self._jobs[index]
+                return job
+        return None
+
+    def take(self, lane: int, timeout_s: float | None = None, model: object = _ANY_MODEL
+             ) -> _Job | _Call | _Stop | None:
+        """The lane's next call, else the next job (for ``model`` only, when given: filling a batch); ``_Stop``
+        once closed and empty; None on timeout."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cond:
             while True:
                 if self._calls[lane]:
                     return self._calls[lane].popleft()
-                if self._jobs and (lane == 0 or self._lane0_busy):
+                job = self._pop_job(model) if self._jobs and (lane == 0 or self._lane0_busy) else None
+                if job is not None:
                     if lane == 0:
                         self._lane0_busy = True
                         self._cond.notify_all()  # other lanes may now take what is queued behind this one
-                    return self._jobs.popleft()
+                    return job
                 if self._closed and not self._jobs:
                     return _Stop()
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -124,6 +151,7 @@ class BatchRunner:
         self.max_batch = max(1, max_batch)
         self.batch_wait_s = batch_wait_ms / 1000.0
         self._on_batch = on_batch
+        self._models: dict[str, _Model] = {}
         self.lanes = max(1, lanes)
         self.cores = CoreShare(cores or usable_cores(), self.lanes)
         self._work = _WorkQueue(self.lanes, max_queue)
@@ -147,14 +175,22 @@ class BatchRunner:
         self.batch_wait_s = batch_wait_ms / 1000.0
         self._on_batch = on_batch
 
+    def add_model(self, name: str, forward: Callable[[torch.Tensor], torch.Tensor],
+                  on_batch: Callable[[int, float], None] | None = None) -> None:
+        """Another model on the same lanes: jobs submitted with ``model=name`` run ``forward``."""
+        self._models[name] = _Model(forward, on_batch)
+
     @property
     def depth(self) -> int:
         """Requests waiting for a lane."""
         return len(self._work)
 
-    async def submit(self, tensor: torch.Tensor, timeout_s: float) -> np.ndarray:
-        """Queue one (3,S,S) tensor and wait for its (S,S) probability map."""
-        job = _Job(tensor)
+    async def submit(self, tensor: torch.Tensor, timeout_s: float, model: str | None = None) -> np.ndarray:
+        """Queue one (3,S,S) tensor for ``model`` (a name from ``add_model``; None: the default model) and wait
+        for its (S,S) probability map."""
+        if model is not None and model not in self._models:
+            raise KeyError(f"no model {model!r} on these lanes")
+        job = _Job(tensor, model)
         if not self._work.put_job(job):
             raise ApiError(503, "the service is at capacity; retry shortly", {"Retry-After": "1"})
         try:
@@ -200,7 +236,7 @@ class BatchRunner:
         jobs = [first]
         deadline = time.perf_counter() + self.batch_wait_s
         while len(jobs) < self.max_batch:
-            item = self._work.take(lane, max(0.0, deadline - time.perf_counter()))
+            item = self._work.take(lane, max(0.0, deadline - time.perf_counter()), model=first.model)
             if item is None or isinstance(item, _Stop):
                 break
             if isinstance(item, _Call):
@@ -218,9 +254,12 @@ class BatchRunner:
 
     def _compute(self, jobs: list[_Job]) -> np.ndarray | BaseException:
         """The batch's probability maps, or the exception to hand to each of its callers."""
+        model = jobs[0].model
+        forward, on_batch = (self._forward, self._on_batch) if model is None else (
+            self._models[model].forward, self._models[model].on_batch)
         started = time.perf_counter()
         try:
-            probs = self._forward(torch.stack([job.tensor for job in jobs])).numpy()  # type: ignore[misc]
+            probs = forward(torch.stack([job.tensor for job in jobs])).numpy()  # type: ignore[misc]
         except torch.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -230,8 +269,8 @@ class BatchRunner:
         except Exception as exc:  # a bug, not bad input: surface it to each caller as a 500
             log.exception("model forward failed")
             return exc
-        if self._on_batch is not None:
-            self._on_batch(len(jobs), time.perf_counter() - started)
+        if on_batch is not None:
+            on_batch(len(jobs), time.perf_counter() - started)
         return probs
 
     @staticmethod

@@ -1,16 +1,20 @@
 """Service settings from ``PETSEG_*`` environment variables (and an optional ``.env``), validated at start-up."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_CHECKPOINT", "Settings", "SettingsError", "load_settings"]
+__all__ = ["DEFAULT_CHECKPOINT", "DEFAULT_MODEL_NAME", "Settings", "SettingsError", "load_settings"]
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "weights" / "default.pt"
 ENV_PREFIX = "PETSEG_"
+DEFAULT_MODEL_NAME = "default"  # the name of the one model served from PETSEG_CHECKPOINT
+# Model names go into form fields, JSON, headers and Prometheus labels: keep them plain.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class SettingsError(ValueError):
@@ -22,6 +26,9 @@ class Settings(BaseSettings):
                                       extra="ignore")
 
     checkpoint: Path = Field(DEFAULT_CHECKPOINT, description="checkpoint to serve; default: the embedded model")
+    checkpoints: dict[str, Path] | None = Field(
+        None, description="several models at once: JSON object of name -> checkpoint path, the first is the "
+                          "default; replaces PETSEG_CHECKPOINT")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="inference precision")
     compile: Literal["auto", "on", "off"] = Field(
@@ -49,6 +56,26 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError("expected auto, cpu, cuda or cuda:N")
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _check_model_names(cls, value: dict[str, Path] | None, info: ValidationInfo) -> dict[str, Path] | None:
+        if value is None:
+            return None
+        if info.data.get("checkpoint", DEFAULT_CHECKPOINT) != DEFAULT_CHECKPOINT:
+            raise ValueError("set PETSEG_CHECKPOINTS or PETSEG_CHECKPOINT, not both")
+        if not value:
+            raise ValueError("expected a JSON object with at least one name -> checkpoint pair")
+        bad = [name for name in value if not MODEL_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"model names must be 1-64 letters, digits, '.', '_' or '-' (starting with a letter "
+                             f"or digit): {bad}")
+        return value
+
+    def model_checkpoints(self) -> dict[str, Path]:
+        """The models to serve, name -> checkpoint, default first: PETSEG_CHECKPOINTS, else PETSEG_CHECKPOINT as
+        the one model named ``default``."""
+        return dict(self.checkpoints) if self.checkpoints is not None else {DEFAULT_MODEL_NAME: self.checkpoint}
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -34,7 +34,7 @@ when a `ground_truth` mask is uploaded, the Dice score. Send `Accept: image/png`
 
 def _load_service(settings: Settings) -> SegmentationService:
     path = Path(settings.checkpoint)
-    if not path.is_file():
+    if settings.checkpoints is None and not path.is_file():  # PETSEG_CHECKPOINTS: the service names the model
         hint = " (the embedded default model is missing: reinstall, or set PETSEG_CHECKPOINT)" if \
             path.name == "default.pt" else " (check PETSEG_CHECKPOINT)"
         raise CheckpointError(f"checkpoint not found: {path}{hint}")
@@ -64,11 +64,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.service = None
         await run_in_threadpool(service.close)
         raise
-    info = service.segmenter.info
-    metrics.set_model_info(info.arch, info.device, info.precision, info.checkpoint_sha256 or "")
-    log.info("serving %s (epoch %d, %d parameters) on %s in %s%s from %s", info.arch, info.epoch,
-             info.parameters, info.device, info.precision, ", compiled" if info.compiled else "",
-             info.checkpoint_path)
+    for served in service.models:
+        info = served.segmenter.info
+        metrics.set_model_info(served.name, info.arch, info.device, info.precision, info.checkpoint_sha256 or "")
+        log.info("serving %s%s: %s (epoch %d, %d parameters) on %s in %s%s from %s", served.name,
+                 " (default)" if served.is_default and len(service.models) > 1 else "", info.arch, info.epoch,
+                 info.parameters, info.device, info.precision, ", compiled" if info.compiled else "",
+                 info.checkpoint_path)
     state.ready, state.status = True, "ready"
     try:
         yield

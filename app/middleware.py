@@ -20,7 +20,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("app.access")
-KNOWN_ROUTES = {"/", "/segment", "/health", "/ready", "/model", "/metrics", "/docs", "/openapi.json", "/redoc"}
+KNOWN_ROUTES = {"/", "/segment", "/health", "/ready", "/model", "/models", "/metrics", "/docs", "/openapi.json",
+                "/redoc"}
 
 
 async def send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-__all__ = ["HealthResponse", "ModelInfo", "ModelRef", "ReadyResponse", "SegmentResponse"]
+__all__ = ["HealthResponse", "ModelInfo", "ModelRef", "ModelsResponse", "ReadyResponse", "SegmentResponse",
+           "ServedModelInfo"]
 
 
 class ModelRef(BaseModel):
+    name: str = Field(description="the model's name (the `model` field; see GET /models)", examples=["default"])
     arch: str = Field(description="architecture name", examples=["resnet34_unet"])
     checkpoint_sha256: str | None = Field(description="sha256 of the checkpoint file served",
                                           examples=["3f2a...e9"])
@@ -40,6 +42,7 @@ class ReadyResponse(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    name: str = Field(examples=["default"], description="the default model's name (GET /models lists them all)")
     arch: str = Field(examples=["resnet34_unet"], description="architecture")
     parameters: int = Field(examples=[30905025], description="number of parameters")
     device: str = Field(examples=["cpu"], description="where the model runs")
@@ -54,3 +57,24 @@ class ModelInfo(BaseModel):
     validation_dice: float | None = Field(examples=[0.9], description="validation Dice recorded at that epoch")
     created_at: str = Field(description="when the checkpoint was written (UTC, ISO 8601)")
     card: dict[str, object] = Field(default_factory=dict, description="model card key facts, when embedded")
+
+
+class ServedModelInfo(BaseModel):
+    name: str = Field(examples=["default"], description="what to send as the `model` field")
+    default: bool = Field(examples=[True], description="answers requests that name no model")
+    arch: str = Field(examples=["resnet34_unet"], description="architecture")
+    parameters: int = Field(examples=[30905025], description="number of parameters")
+    device: str = Field(examples=["cpu"], description="where the model runs")
+    dtype: str = Field(examples=["bf16"], description="inference precision")
+    input_size: int = Field(examples=[192], description="images are resized to input_size x input_size")
+    weights_bytes: int = Field(examples=[61810050], description="memory its weights take as served (parameters "
+                                                                "and buffers in the serving dtype); each forward "
+                                                                "pass adds its activations on top")
+    checkpoint_sha256: str = Field(description="sha256 of the checkpoint file")
+    epoch: int = Field(examples=[100], description="training epoch of the checkpoint")
+    validation_dice: float | None = Field(examples=[0.9], description="validation Dice recorded at that epoch")
+
+
+class ModelsResponse(BaseModel):
+    default: str = Field(examples=["default"], description="the model used when a request names none")
+    models: list[ServedModelInfo] = Field(description="every model served, the default first")

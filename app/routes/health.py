@@ -6,7 +6,8 @@ from fastapi.responses import JSONResponse, Response
 
 from app import metrics
 from app.deps import ServiceDep
-from app.schemas import HealthResponse, ModelInfo, ReadyResponse
+from app.model_set import ServedModel
+from app.schemas import HealthResponse, ModelInfo, ModelsResponse, ReadyResponse, ServedModelInfo
 
 router = APIRouter(tags=["operations"])
 
@@ -34,12 +35,27 @@ async def model_info(service: ServiceDep) -> ModelInfo:
     """What is being served: architecture, device, precision, checkpoint and its recorded quality."""
     info = service.segmenter.info
     return ModelInfo(
-        arch=info.arch, parameters=info.parameters, device=info.device, dtype=info.precision,
+        name=service.models.default_name, arch=info.arch, parameters=info.parameters, device=info.device, dtype=info.precision,
         compiled=info.compiled, input_size=info.image_size, max_batch=service.runner.max_batch,
         model_lanes=service.runner.lanes,
         checkpoint_file=info.checkpoint_path or "", checkpoint_sha256=info.checkpoint_sha256 or "",
         epoch=info.epoch, validation_dice=info.metrics.get("val_dice"), created_at=info.created_at, card=info.card,
     )
+
+
+@router.get("/models", response_model=ModelsResponse)
+async def models(service: ServiceDep) -> ModelsResponse:
+    """Every model served (PETSEG_CHECKPOINTS), default first, with the memory its weights take."""
+    return ModelsResponse(default=service.models.default_name,
+                          models=[_describe(served) for served in service.models])
+
+
+def _describe(served: ServedModel) -> ServedModelInfo:
+    info = served.segmenter.info
+    return ServedModelInfo(
+        name=served.name, default=served.is_default, arch=info.arch, parameters=info.parameters, device=info.device,
+        dtype=info.precision, input_size=info.image_size, weights_bytes=served.weights_bytes,
+        checkpoint_sha256=info.checkpoint_sha256 or "", epoch=info.epoch, validation_dice=info.metrics.get("val_dice"))
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})

@@ -33,6 +33,7 @@ def png_response(result: SegmentResult, model: ModelRef) -> Response:
         "X-Threshold": f"{result.threshold:g}",
         "X-Inference-Ms": f"{result.inference_ms:.1f}",
         "X-Model": model.arch,
+        "X-Model-Name": model.name,
     }
     if result.dice is not None:
         headers["X-Dice"] = f"{result.dice:.6f}"
@@ -45,7 +46,8 @@ def png_response(result: SegmentResult, model: ModelRef) -> Response:
     responses={200: PNG_EXAMPLE, 400: {"description": "empty, truncated or unreadable image"},
                413: {"description": "body or image over the configured limits"},
                415: {"description": "not an image format the service reads"},
-               422: {"description": "missing field, bad threshold, ground truth of the wrong size or not a mask"},
+               422: {"description": "missing field, bad threshold, unknown model, ground truth of the wrong size "
+                                    "or not a mask"},
                503: {"description": "model not ready or at capacity; see Retry-After"}},
     summary="Segment the pet in an image",
 )
@@ -62,21 +64,25 @@ async def segment(
     output: Annotated[Literal["mask", "probability", "overlay", "cutout"], Form(
         description="mask (0/255), probability (8-bit map), overlay (image tinted where pet) or cutout "
                     "(RGBA, background transparent)")] = "mask",
+    model: Annotated[str | None, Form(description="which model answers: a name from GET /models "
+                                                  "(PETSEG_CHECKPOINTS); default: the first one",
+                                      examples=["default"])] = None,
     format: Annotated[Literal["json", "png"] | None, Query(
         description="json or png; default from the Accept header (image/png gives the PNG itself)")] = None,
 ) -> SegmentResponse | Response:
     """Segment the pet: JSON with a base64 mask by default; the PNG itself with `Accept: image/png`."""
     image_bytes = await image.read()
     truth_bytes = await ground_truth.read() if ground_truth is not None else None
-    result = await service.segment(image_bytes, ground_truth=truth_bytes, threshold=threshold, output=output)
-    info = service.segmenter.info
-    model = ModelRef(arch=info.arch, checkpoint_sha256=info.checkpoint_sha256)
+    result = await service.segment(image_bytes, ground_truth=truth_bytes, threshold=threshold, output=output,
+                                   model=model)
+    info = service.models.get(result.model).segmenter.info
+    answered_by = ModelRef(name=result.model, arch=info.arch, checkpoint_sha256=info.checkpoint_sha256)
     if wants_png(request, format):
-        return png_response(result, model)
+        return png_response(result, answered_by)
     return SegmentResponse(
         width=result.width, height=result.height, threshold=result.threshold,
         foreground_probability=result.foreground_probability, foreground_fraction=result.foreground_fraction,
         dice=result.dice, mask_png=base64.b64encode(result.mask_png).decode(), output=result.output,
         output_png=base64.b64encode(result.output_png).decode() if result.output != "mask" else None,
-        model=model, inference_ms=round(result.inference_ms, 2),
+        model=answered_by, inference_ms=round(result.inference_ms, 2),
     )

@@ -119,7 +119,7 @@ def test_openapi_documents_segment_form_fields(api: TestClient) -> None:
     post_op = spec["paths"]["/segment"]["post"]
     ref = post_op["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
     body = spec["components"]["schemas"][ref.rsplit("/", 1)[-1]]
-    assert set(body["properties"]) == {"image", "ground_truth", "threshold", "output"}
+    assert set(body["properties"]) == {"image", "ground_truth", "threshold", "output", "model"}
     assert body["required"] == ["image"]
     assert all(body["properties"][name].get("description") for name in body["properties"])
     assert {p["name"] for p in post_op["parameters"]} == {"format"}
@@ -154,7 +154,8 @@ def test_metrics_is_prometheus_text(api: TestClient) -> None:
     assert response.headers["content-type"].startswith("text/plain")
     assert "# TYPE petseg_http_requests_total counter" in response.text
     assert "# TYPE petseg_inference_seconds histogram" in response.text
-    assert 'petseg_model_info{arch="resnet34_unet"' in response.text
+    info = [line for line in response.text.splitlines() if line.startswith("petseg_model_info{")]
+    assert any('arch="resnet34_unet"' in line and 'model="default"' in line for line in info), info
 
 
 def test_metrics_segment_request_counter_increases(api: TestClient) -> None:
