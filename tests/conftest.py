@@ -33,6 +33,18 @@ def sample_data() -> Path:
     return SAMPLE_DATA
 
 
+@pytest.fixture(scope="session")
+def export_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``PETSEG_CACHE_DIR`` pointed at a folder of this session's, so each checkpoint is exported to ONNX (and
+    quantised) once per session, by whichever test asks first."""
+    from models.export_cache import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("petseg-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(folder))
+        yield folder
+
+
 @pytest.fixture
 def settings(tiny_checkpoint: Path):
     from app.config import Settings

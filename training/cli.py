@@ -8,11 +8,14 @@ import sys
 from collections.abc import Callable
 
 from models.checkpoint import CheckpointError
+from models.engines import ENGINE_PRECISIONS, RUNTIMES, open_segmenter
+from models.inference import SegmenterBase
 from models.registry import UnknownArchitectureError
 from training.download import DownloadError
 from training.images import DatasetFileError
 
-__all__ = ["add_common_flags", "add_inference_flags", "compile_mode_for", "run_cli", "setup_logging"]
+__all__ = ["add_common_flags", "add_inference_flags", "compile_mode_for", "open_engine", "run_cli",
+           "setup_logging"]
 
 # Below this many images a cold compilation (seconds to minutes) costs more than it saves (~15 ms an image).
 COMPILE_MIN_IMAGES = 100
@@ -52,12 +55,31 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default).strip().lower() or default
+
+
 def add_inference_flags(parser: argparse.ArgumentParser) -> None:
-    """Engine flags shared by evaluate and predict; ``--compile`` defaults to ``$PETSEG_COMPILE`` or auto."""
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    """Engine flags shared by evaluate and predict; ``--runtime``, ``--precision`` and ``--compile`` default to
+    ``$PETSEG_RUNTIME``, ``$PETSEG_PRECISION`` and ``$PETSEG_COMPILE``, else auto, as the service reads them."""
+    parser.add_argument("--runtime", choices=RUNTIMES, default=_env("PETSEG_RUNTIME", "auto"),
+                        help="torch, or the ONNX export on onnxruntime or openvino; auto = the measured rule "
+                             "(models.engines.auto_engine)")
+    parser.add_argument("--precision", choices=ENGINE_PRECISIONS, default=_env("PETSEG_PRECISION", "auto"),
+                        help="int8 runs on onnxruntime/openvino, calibrated on --calibration photos")
+    parser.add_argument("--calibration", default=None,
+                        help="int8: an Oxford-IIIT Pet root (its train split) or a folder of training photos "
+                             "(default $PETSEG_CALIBRATION_DATA, else dataset/oxford-iiit-pet)")
     parser.add_argument("--compile", choices=("auto", "on", "off"),
-                        default=os.environ.get("PETSEG_COMPILE", "auto").strip().lower() or "auto",
+                        default=_env("PETSEG_COMPILE", "auto"),
                         help=f"torch.compile the model; auto = on the CPU for runs of {COMPILE_MIN_IMAGES}+ images")
+
+
+def open_engine(args: argparse.Namespace, model: str | os.PathLike[str], images: int) -> SegmenterBase:
+    """The engine the inference flags ask for (``add_inference_flags``), for a run of ``images`` images."""
+    return open_segmenter(model, runtime=args.runtime, device=args.device, precision=args.precision,
+                          compile=compile_mode_for(args.compile, images), allow_untrained=True,
+                          calibration=args.calibration)
 
 
 def compile_mode_for(requested: str, images: int) -> str:

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.inference import Segmenter
+from models.inference import SegmenterBase
 from models.refine import guided_upsample
-from training.cli import add_common_flags, add_inference_flags, compile_mode_for, run_cli, setup_logging
+from training.cli import add_common_flags, add_inference_flags, open_engine, run_cli, setup_logging
 from training.data import SPLITS, Sample, list_split
 from training.images import TRIMAP_BORDER, DatasetFileError, read_rgb, read_trimap, trimap_to_mask
 from training.metrics import SegmentationMetrics, breed_of
@@ -83,7 +83,7 @@ def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     return image, trimap
 
 
-def evaluate(segmenter: Segmenter, samples: Sequence[Sample], *, batch_size: int = 8, threshold: float = 0.5,
+def evaluate(segmenter: SegmenterBase, samples: Sequence[Sample], *, batch_size: int = 8, threshold: float = 0.5,
              border_is_pet: bool = True, progress: bool = True, label: str = "",
              into: Evaluation | None = None, refine: str = "none") -> Evaluation:
     """Predict every sample at full size and score it against its trimap, under both border conventions
@@ -103,7 +103,7 @@ def evaluate(segmenter: Segmenter, samples: Sequence[Sample], *, batch_size: int
     return result
 
 
-def _probabilities(segmenter: Segmenter, images: list[np.ndarray], refine: str) -> list[np.ndarray]:
+def _probabilities(segmenter: SegmenterBase, images: list[np.ndarray], refine: str) -> list[np.ndarray]:
     """Probability maps at each photo's size, up-sampled as ``refine`` says."""
     if refine == "none":
         return segmenter.predict_batch(images)
@@ -118,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         samples = list_split(Path(args.data_path), args.split, args.folds, args.fold)[: args.limit]
-        segmenter = Segmenter.from_file(args.model, device=args.device, precision=args.precision,
-                                        compile=compile_mode_for(args.compile, len(samples)), allow_untrained=True)
+        segmenter = open_engine(args, args.model, len(samples))
         segmenter.warmup((min(args.batch_size, max(len(samples), 1)),))
         if args.net:
             from models.checkpoint import load_checkpoint
@@ -132,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = evaluation.scored.summary()
         report = {"checkpoint": str(args.model), "arch": segmenter.info.arch, "split": args.split,
                   "data_path": str(args.data_path), "threshold": args.threshold, "border_is_pet": border,
-                  "precision": segmenter.precision, "refine": args.refine, **evaluation.report(args.worst)}
+                  "runtime": segmenter.runtime, "precision": segmenter.precision, "refine": args.refine,
+                  **evaluation.report(args.worst)}
         out = Path(args.out) if args.out else Path(args.model).with_name(f"eval_{args.split}.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1))

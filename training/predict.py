@@ -22,8 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from models.inference import Segmenter
-from training.cli import add_common_flags, add_inference_flags, compile_mode_for, run_cli, setup_logging
+from training.cli import add_common_flags, add_inference_flags, open_engine, run_cli, setup_logging
 from training.data import SPLITS, Sample, list_split, load_sample
 from training.images import DatasetFileError, read_rgb
 from training.plots import overlay, save_comparison_grid
@@ -139,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         if not todo:
             print(f"nothing to do: the outputs of all {len(items)} photo(s) exist in {out}")
             return 0
-        segmenter = Segmenter.from_file(model_path(args.model), device=args.device, precision=args.precision,
-                                        compile=compile_mode_for(args.compile, len(todo)),
-                                        allow_untrained=True)
+        segmenter = open_engine(args, model_path(args.model), len(todo))
         segmenter.warmup((1,))
         border = segmenter.checkpoint.border_is_pet
         grid_rows, bad = [], 0
