@@ -5,7 +5,7 @@ Run from the repository root (CUDA is used when present; ``--device cpu`` forces
     python -m bench.run                       # both models at 256x256, ~10 minutes on a 2-core CPU
     python -m bench.run --quick               # resnet34_unet only, 128x128, few iterations, ~1-2 minutes
     python -m bench.run --models unet --size 256 --markdown --out bench/results/unet.json
-    python -m bench.run --sections engine service    # a subset of: baseline engine service train
+    python -m bench.run --sections engine service    # a subset of: baseline engine runtimes service train
 
 Per model, with random weights (speed does not depend on them):
 
@@ -19,6 +19,10 @@ Per model, with random weights (speed does not depend on them):
    RSS;
 4. training: the report's plain loop (fp32, NCHW, sigmoid + ``nn.BCELoss`` + Dice) vs the project's
    ``training.loop.train_one_epoch`` (bf16 where native, channels_last, BCE-with-logits + Dice, clipping).
+5. runtimes: the model exported to ONNX (``models.exported``) on ONNX Runtime and OpenVINO, fp32 and int8 (static
+   QDQ calibrated on synthetic photos: the weights are random, so only the speed means something here; accuracy
+   is gated by tests/models/test_int8.py), batch 1 on all cores, each built and timed on a fresh thread of a
+   fresh process; the service's runtime (``PETSEG_RUNTIME=auto``) is read from its ``/model``.
 
 The client shares the machine with the server: on a small CPU it takes cycles from it, as a co-located proxy
 would.
@@ -69,14 +73,18 @@ from bench.common import (
 )
 from models import build_model
 from models.checkpoint import Checkpoint
-from models.inference import Segmenter
+from models.engines import installed_runtimes
+from models.export_cache import CACHE_ENV
+from models.inference import Segmenter, SegmenterBase
 from models.registry import canonical_arch_name
 from models.runtime import keep_freed_memory, resolve_device, resolve_precision
 from training.loop import StepContext, train_one_epoch
 from training.losses import BCEDiceLoss
 
 T = TypeVar("T")
-SECTIONS = ("baseline", "engine", "service", "train")
+SECTIONS = ("baseline", "engine", "runtimes", "service", "train")
+EXPORTED_PATHS = (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "int8"))
+CALIBRATION_PHOTOS = 8  # synthetic: enough for the int8 graph to be what a real calibration gives
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PHOTO_SIZES = {"500x375": (500, 375), "4000x3000": (4000, 3000)}
 SMALL_PHOTO = "500x375"
@@ -119,6 +127,7 @@ class Timing:
     cores_used: float | None = None
     thread: str = "main"
     compiled: bool = False
+    runtime: str = "torch"
 
 
 @dataclass
@@ -156,6 +165,8 @@ class ServiceResult:
     startup_s: float
     rss_ready_mb: float | None
     peak_rss_mb: float | None
+    runtime: str = "torch"  # what the service's PETSEG_RUNTIME=auto chose (its /model)
+    precision: str = ""
     cells: list[ServiceCell] = field(default_factory=list)
 
 
@@ -166,6 +177,7 @@ class ModelReport:
     gflop_per_image: float | None = None
     baseline: Timing | None = None
     engine: list[Timing] = field(default_factory=list)
+    runtimes: list[Timing] = field(default_factory=list)  # the ONNX export on ONNX Runtime / OpenVINO
     service: ServiceResult | None = None
     train_plain: Timing | None = None
     train_project: Timing | None = None
@@ -209,11 +221,11 @@ def time_calls(fn: Callable[[], object], device: torch.device, *, warmup: int, i
     return Samples(times, cores)
 
 
-def to_timing(samples: Samples, batch: int, precision: str, thread: str = "main", compiled: bool = False
-              ) -> Timing:
+def to_timing(samples: Samples, batch: int, precision: str, thread: str = "main", compiled: bool = False,
+              runtime: str = "torch") -> Timing:
     median = float(np.median(samples.seconds))
     return Timing(batch, precision, batch / median, median * 1000.0, len(samples.seconds),
-                  round(samples.cores_used, 2), thread, compiled)
+                  round(samples.cores_used, 2), thread, compiled, runtime)
 
 
 def in_new_thread(fn: Callable[[], T]) -> T:
@@ -304,13 +316,13 @@ def bench_engine(checkpoint: Checkpoint, device: torch.device, budget: Budget) -
     return results
 
 
-def _time_engine(segmenter: Segmenter, batch: int, budget: Budget) -> Timing:
+def _time_engine(segmenter: SegmenterBase, batch: int, budget: Budget) -> Timing:
     """Time ``forward`` on one random normalised batch, on the calling thread."""
     images = torch.randn(batch, 3, segmenter.image_size, segmenter.image_size)
     samples = time_calls(lambda: segmenter.forward(images), segmenter.device, warmup=budget.warmup + 1,
                          iters=budget.iters, max_s=budget.max_s)
     thread = "main" if threading.current_thread() is threading.main_thread() else "worker"
-    return to_timing(samples, batch, segmenter.precision, thread, segmenter.compiled)
+    return to_timing(samples, batch, segmenter.precision, thread, segmenter.compiled, segmenter.runtime)
 
 
 def _build_and_time_engine_b1(checkpoint: Checkpoint, device_name: str, budget: Budget) -> Timing:
@@ -354,6 +366,47 @@ def _time_engine_lanes(checkpoint: Checkpoint, lanes: int, budget: Budget) -> Ti
     passes = [t for lane_times in times for t in lane_times]
     return Timing(1, holder[0].precision, len(passes) / wall, float(np.median(passes)) * 1000.0, len(passes),
                   round(cpu / wall, 2), f"{lanes} lanes", holder[0].compiled)
+
+
+# ---------------------------------------------------------------------------------------------- runtimes
+def bench_runtimes(checkpoint: Checkpoint, device: torch.device, budget: Budget) -> list[Timing]:
+    """The checkpoint exported to ONNX, on each installed runtime in fp32 and int8: batch 1 on all the cores, built
+    and timed on a fresh thread of a fresh process (the first exports into a cache folder of this run's, the others
+    read it). CPU only: these runtimes run on the CPU in this version."""
+    if device.type != "cpu":
+        return []
+    installed = installed_runtimes()
+    paths = [(runtime, precision) for runtime, precision in EXPORTED_PATHS if runtime in installed]
+    if not paths:
+        print("  runtimes: neither onnxruntime nor openvino is installed (pip install 'petseg[onnx]')",
+              file=sys.stderr)
+        return []
+    with tempfile.TemporaryDirectory(prefix="petseg-bench-onnx-") as tmp:
+        photos = Path(tmp) / "photos"
+        photos.mkdir()
+        for seed in range(CALIBRATION_PHOTOS):
+            (photos / f"photo_{seed}.jpg").write_bytes(encode_image(synthetic_photo(500, 375, seed=seed)))
+        previous = os.environ.get(CACHE_ENV)
+        os.environ[CACHE_ENV] = str(Path(tmp) / "cache")  # inherited by the spawned processes
+        try:
+            return [_step(f"{runtime} {precision}", functools.partial(
+                in_fresh_process_thread, _build_and_time_exported, checkpoint, runtime, precision, str(photos),
+                budget)) for runtime, precision in paths]
+        finally:
+            if previous is None:
+                os.environ.pop(CACHE_ENV, None)
+            else:
+                os.environ[CACHE_ENV] = previous
+
+
+def _build_and_time_exported(checkpoint: Checkpoint, runtime: str, precision: str, photos: str,
+                             budget: Budget) -> Timing:
+    """Build (export, quantise or read from the cache), warm and time one exported engine at batch 1."""
+    from models.exported import ExportedSegmenter
+
+    engine = ExportedSegmenter(checkpoint, runtime=runtime, precision=precision, calibration=photos)
+    engine.warmup((1,))
+    return _time_engine(engine, 1, budget)
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -478,8 +531,8 @@ def _warm_service(server: Server, photos: dict[str, bytes]) -> None:
             raise RuntimeError(f"warm-up request failed: {failed[0]} (server log: {server.log_path})")
 
 
-def _served_max_batch(server: Server) -> int:
-    return int(httpx.get(f"{server.url}/model", timeout=10).json()["max_batch"])
+def _served_model(server: Server) -> dict[str, Any]:
+    return dict(httpx.get(f"{server.url}/model", timeout=10).json())
 
 
 def bench_service(arch: str, size: int, device: torch.device, photos: dict[str, bytes],
@@ -490,8 +543,10 @@ def bench_service(arch: str, size: int, device: torch.device, photos: dict[str, 
     with tempfile.TemporaryDirectory(prefix="petseg-bench-") as tmp:
         path, _ = make_checkpoint(Path(tmp), arch, size)
         with running_server(path, Path(tmp), device=str(device)) as server:
-            result = ServiceResult(server.startup_s, server.rss_mb(), None)
-            default_batch = _served_max_batch(server)
+            served = _served_model(server)
+            result = ServiceResult(server.startup_s, server.rss_mb(), None, served.get("runtime", "torch"),
+                                   served.get("precision") or served.get("dtype", ""))
+            default_batch = int(served["max_batch"])
             _warm_service(server, photos)
             for label, jpeg in photos.items():
                 for concurrency in budget.concurrency:
@@ -555,6 +610,29 @@ def compute_ratios(report: ModelReport, matmul: list[MatmulRate]) -> dict[str, f
                                                        small4 and small4.images_per_s),
         "train_project_vs_plain": _ratio(report.train_project and report.train_project.images_per_s,
                                          report.train_plain and report.train_plain.images_per_s),
+        **_runtime_ratios(report, worker1, small4),
+    }
+
+
+def _exported(report: ModelReport, runtime: str, precision: str) -> Timing | None:
+    return next((t for t in report.runtimes if (t.runtime, t.precision) == (runtime, precision)), None)
+
+
+def _runtime_ratios(report: ModelReport, engine_worker: Timing | None, small4: ServiceCell | None
+                    ) -> dict[str, float | None]:
+    """The exported runtimes against ONNX Runtime fp32 at batch 1, the reference a user would pick instead."""
+    ort32 = _exported(report, "onnxruntime", "fp32")
+    reference = ort32 and ort32.images_per_s
+    int8 = [t for t in report.runtimes if t.precision == "int8"]
+    best_int8 = max(int8, key=lambda t: t.images_per_s) if int8 else None
+    return {
+        "onnxruntime_fp32_vs_baseline": _ratio(reference, report.baseline and report.baseline.images_per_s),
+        # Both built and run on a fresh thread of a fresh process, batch 1, all cores.
+        "engine_b1_worker_vs_onnxruntime_fp32": _ratio(engine_worker and engine_worker.images_per_s, reference),
+        "openvino_fp32_vs_onnxruntime_fp32": _ratio(
+            (t := _exported(report, "openvino", "fp32")) and t.images_per_s, reference),
+        "best_int8_vs_onnxruntime_fp32": _ratio(best_int8 and best_int8.images_per_s, reference),
+        "service_c4_500x375_vs_onnxruntime_fp32_b1": _ratio(small4 and small4.images_per_s, reference),
     }
 
 
@@ -588,7 +666,8 @@ def model_table(report: BenchReport) -> str:
     rates = {m.dtype: m.tflops * 1000.0 for m in report.matmul}
     rows = []
     for r in report.models:
-        for name, t in [("baseline", r.baseline)] + [("engine", t) for t in r.engine]:
+        for name, t in [("baseline", r.baseline)] + [("engine", t) for t in r.engine] + \
+                [(t.runtime, t) for t in r.runtimes]:
             if t is None:
                 continue
             gflops = t.images_per_s * r.gflop_per_image if r.gflop_per_image else None
@@ -640,6 +719,26 @@ def ratio_table(report: BenchReport) -> str:
     return markdown_table(headers, rows)
 
 
+def runtime_table(report: BenchReport) -> str:
+    """The exported runtimes beside the PyTorch engine and the service, per model: images/s at batch 1 on all
+    cores, and the ratios against ONNX Runtime fp32 (the issue's reference)."""
+    rows = []
+    for r in report.models:
+        worker = next((t for t in r.engine if t.thread == "worker"), None)
+        cells = [fmt((t := _exported(r, runtime, precision)) and t.images_per_s, 2)
+                 for runtime, precision in EXPORTED_PATHS]
+        small4 = _cell(r, SMALL_PHOTO, 4)
+        served = f"{r.service.runtime} {r.service.precision}" if r.service else "–"
+        rows.append([r.arch, fmt(worker and worker.images_per_s, 2), *cells,
+                     _x(r.ratios.get("best_int8_vs_onnxruntime_fp32")),
+                     f"{fmt(small4 and small4.images_per_s, 2)} ({served})",
+                     _x(r.ratios.get("service_c4_500x375_vs_onnxruntime_fp32_b1"))])
+    headers = ["model", "torch engine b1 (fresh process)",
+               *[f"{runtime} {precision}" for runtime, precision in EXPORTED_PATHS],
+               "best int8 / onnxruntime fp32", "service img/s c4 500x375 (runtime)", "service c4 / onnxruntime fp32 b1"]
+    return markdown_table(headers, rows) + "\n\n" + _machine_line(report)
+
+
 def readme_table(report: BenchReport) -> str:
     """One row per model for the README, ratios included, with the machine underneath."""
     rows = []
@@ -680,6 +779,7 @@ def _machine_line(report: BenchReport) -> str:
 def render(report: BenchReport) -> str:
     parts = [("Machine", machine_table(report)), ("Matrix-product rate (same run)", matmul_table(report)),
              ("Model only (random weights)", model_table(report)),
+             ("Exported runtimes (ONNX; img/s, batch 1, all cores)", runtime_table(report)),
              ("Service end to end (HTTP, loopback, Accept: image/png)", service_table(report)),
              ("Training step", train_table(report)), ("Ratios", ratio_table(report))]
     return "\n\n".join(f"### {title}\n\n{table}" for title, table in parts)
@@ -699,7 +799,7 @@ def bench_model(arch: str, size: int, device: torch.device, sections: set[str], 
                 photos: dict[str, bytes] | None) -> ModelReport:
     print(f"{arch} at {size}x{size} on {device}", file=sys.stderr)
     report = ModelReport(arch, size, gflop_per_image=_step("FLOPs", lambda: count_gflop(arch, size)))
-    if sections & {"baseline", "engine"}:
+    if sections & {"baseline", "engine", "runtimes"}:
         _bench_model_only(report, device, sections, budget)
     if "train" in sections:
         report.train_plain = _step("train, plain", lambda: bench_train_plain(arch, size, device, budget))
@@ -711,7 +811,8 @@ def bench_model(arch: str, size: int, device: torch.device, sections: set[str], 
 
 
 def _bench_model_only(report: ModelReport, device: torch.device, sections: set[str], budget: Budget) -> None:
-    """Baseline and engine share one set of random weights, as a checkpoint would deliver them."""
+    """Baseline, engine and the exported runtimes share one set of random weights, as a checkpoint would deliver
+    them."""
     torch.manual_seed(0)
     weights = build_model(report.arch).state_dict()
     checkpoint = Checkpoint(report.arch, weights, image_size=report.size, epoch=1)
@@ -719,6 +820,8 @@ def _bench_model_only(report: ModelReport, device: torch.device, sections: set[s
         report.baseline = _step("baseline", lambda: bench_baseline(checkpoint, device, budget))
     if "engine" in sections:
         report.engine = _step("engine", lambda: bench_engine(checkpoint, device, budget))
+    if "runtimes" in sections:
+        report.runtimes = bench_runtimes(checkpoint, device, budget)
 
 
 def measure_matmul(device: torch.device, budget: Budget) -> list[MatmulRate]:
@@ -769,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
     report = BenchReport(utc_now(), machine_info(), str(device),
                          {"quick": args.quick, "size": size, "sections": args.sections, "budget": budget})
     print(f"benchmark on {device}: {', '.join(models)} at {size}x{size}", file=sys.stderr)
-    if {"baseline", "engine"} & set(args.sections):
+    if {"baseline", "engine", "runtimes"} & set(args.sections):
         report.matmul = measure_matmul(device, budget)
     photos = _step("synthetic JPEGs", make_photos) if "service" in args.sections else None
     for arch in models:
@@ -784,6 +887,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{report.machine.usable_cores} cores): these numbers are contended.")
     if args.markdown:
         print(f"\n### README summary\n\n{readme_table(report)}")
+        print(f"\n### README runtimes\n\n{runtime_table(report)}")
     path = write_json(report, args.out, "run")
     print(f"\n{report.seconds:.0f}s; results written to {path}", file=sys.stderr)
     return 0
