@@ -30,7 +30,14 @@ class Settings(BaseSettings):
         None, description="several models at once: JSON object of name -> checkpoint path, the first is the "
                           "default; replaces PETSEG_CHECKPOINT")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="inference precision")
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
+        "auto", description="what runs the model: torch, or the ONNX export on onnxruntime or openvino; auto = "
+                            "models.engines.auto_engine's rule")
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
+        "auto", description="inference precision; int8 on the onnxruntime and openvino runtimes")
+    calibration_data: Path | None = Field(
+        None, description="int8 calibration photos: an Oxford-IIIT Pet root (its train split) or a folder of photos; "
+                          "default dataset/oxford-iiit-pet")
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="torch.compile the model at start-up; auto = on the CPU when a C++ compiler exists")
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="default probability threshold for the mask")

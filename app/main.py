@@ -67,10 +67,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     for served in service.models:
         info = served.segmenter.info
         metrics.set_model_info(served.name, info.arch, info.device, info.precision, info.checkpoint_sha256 or "")
-        log.info("serving %s%s: %s (epoch %d, %d parameters) on %s in %s%s from %s", served.name,
-                 " (default)" if served.is_default and len(service.models) > 1 else "", info.arch, info.epoch,
-                 info.parameters, info.device, info.precision, ", compiled" if info.compiled else "",
-                 info.checkpoint_path)
+        log.info("serving %s%s: %s (epoch %d, %d parameters) on %s, runtime %s, precision %s%s, from %s",
+                 served.name, " (default)" if served.is_default and len(service.models) > 1 else "", info.arch,
+                 info.epoch, info.parameters, info.device, info.runtime, info.precision,
+                 ", compiled" if info.compiled else "", info.checkpoint_path)
     state.ready, state.status = True, "ready"
     try:
         yield

@@ -9,12 +9,12 @@ from itertools import chain
 from torch import nn
 
 from app.errors import ApiError
-from models.inference import Segmenter
+from models.inference import SegmenterBase
 
 __all__ = ["ModelSet", "ServedModel", "weights_bytes"]
 
 
-def weights_bytes(segmenter: Segmenter) -> int:
+def weights_bytes(segmenter: SegmenterBase) -> int:
     """Bytes of the weights as served: the module's parameters and buffers in their serving dtype (a bf16 model
     holds half its fp32 checkpoint). Without a torch module (an exported runtime), the checkpoint's tensors."""
     module = getattr(segmenter, "model", None)
@@ -26,7 +26,7 @@ def weights_bytes(segmenter: Segmenter) -> int:
 @dataclass(frozen=True)
 class ServedModel:
     name: str
-    segmenter: Segmenter
+    segmenter: SegmenterBase
     weights_bytes: int
     is_default: bool
 
@@ -34,7 +34,7 @@ class ServedModel:
 class ModelSet:
     """Name -> loaded model, in the configured order."""
 
-    def __init__(self, segmenters: dict[str, Segmenter]) -> None:
+    def __init__(self, segmenters: dict[str, SegmenterBase]) -> None:
         if not segmenters:
             raise ValueError("a service needs at least one model")
         self.default_name = next(iter(segmenters))

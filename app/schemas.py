@@ -46,7 +46,11 @@ class ModelInfo(BaseModel):
     arch: str = Field(examples=["resnet34_unet"], description="architecture")
     parameters: int = Field(examples=[30905025], description="number of parameters")
     device: str = Field(examples=["cpu"], description="where the model runs")
-    dtype: str = Field(examples=["bf16"], description="inference precision: fp32, bf16 or fp16 weights")
+    dtype: str = Field(examples=["bf16"], description="inference precision: fp32, bf16 or fp16 weights, or int8")
+    runtime: str = Field(examples=["torch"], description="what runs the model: torch, onnxruntime or openvino "
+                                                         "(PETSEG_RUNTIME; auto is resolved)")
+    precision: str = Field(examples=["bf16"], description="inference precision (PETSEG_PRECISION; auto is resolved): "
+                                                          "fp32, bf16, fp16 or int8")
     compiled: bool = Field(examples=[True], description="whether torch.compile serves the warmed batch sizes")
     input_size: int = Field(examples=[192], description="images are resized to input_size x input_size")
     max_batch: int = Field(examples=[1], description="largest micro-batch")
@@ -66,6 +70,7 @@ class ServedModelInfo(BaseModel):
     parameters: int = Field(examples=[30905025], description="number of parameters")
     device: str = Field(examples=["cpu"], description="where the model runs")
     dtype: str = Field(examples=["bf16"], description="inference precision")
+    runtime: str = Field(examples=["torch"], description="torch, onnxruntime or openvino")
     input_size: int = Field(examples=[192], description="images are resized to input_size x input_size")
     weights_bytes: int = Field(examples=[61810050], description="memory its weights take as served (parameters "
                                                                 "and buffers in the serving dtype); each forward "

@@ -18,7 +18,8 @@ from app.model_set import ModelSet
 from app.postprocess import dice_score, to_full_size
 from app.rendering import OUTPUTS, RenderRequest
 from models.checkpoint import CheckpointError
-from models.inference import Segmenter
+from models.engines import open_segmenter
+from models.inference import SegmenterBase
 from models.runtime import resolve_device
 
 __all__ = ["OUTPUTS", "SegmentResult", "SegmentationService", "model_lanes"]
@@ -55,7 +56,8 @@ class SegmentResult:
 class SegmentationService:
     """Holds the loaded models and the batch runner they share; ``segment`` is safe to call concurrently."""
 
-    def __init__(self, models: ModelSet | Segmenter, settings: Settings, runner: BatchRunner | None = None) -> None:
+    def __init__(self, models: ModelSet | SegmenterBase, settings: Settings,
+                 runner: BatchRunner | None = None) -> None:
         self.models = models if isinstance(models, ModelSet) else ModelSet({DEFAULT_MODEL_NAME: models})
         self.segmenter = self.models.default.segmenter  # the default model: /model, and one-model callers
         self.settings = settings
@@ -76,13 +78,14 @@ class SegmentationService:
         """Load the checkpoints on lane 0's thread, which will run the models (the other lanes start idle)."""
         on_cpu = resolve_device(settings.device).type == "cpu"
         runner = BatchRunner(max_queue=settings.max_queue, lanes=model_lanes(settings.model_lanes, on_cpu))
-        segmenters: dict[str, Segmenter] = {}
+        segmenters: dict[str, SegmenterBase] = {}
         try:
             for name, path in settings.model_checkpoints().items():
                 try:
-                    segmenters[name] = runner.call(lambda path=path: Segmenter.from_file(
-                        path, device=settings.device, precision=settings.precision, compile=settings.compile,
-                        allow_untrained=settings.allow_untrained))
+                    segmenters[name] = runner.call(lambda path=path: open_segmenter(
+                        path, runtime=settings.runtime, device=settings.device, precision=settings.precision,
+                        compile=settings.compile, allow_untrained=settings.allow_untrained,
+                        calibration=settings.calibration_data))
                 except CheckpointError as exc:
                     if settings.checkpoints is None:
                         raise
@@ -123,7 +126,7 @@ class SegmentationService:
         if self._defer_request_work:
             defer_to_model_lanes()
 
-    def _prepare(self, image: bytes, ground_truth: bytes | None, options: RenderRequest, segmenter: Segmenter
+    def _prepare(self, image: bytes, ground_truth: bytes | None, options: RenderRequest, segmenter: SegmenterBase
                  ) -> tuple[DecodedImage, object, np.ndarray | None, np.ndarray | None]:
         self._mark_request_thread()
         # Overlay and cutouts paint on the full-size photo; mask and probability only need the model's size.

@@ -37,7 +37,7 @@ async def model_info(service: ServiceDep) -> ModelInfo:
     return ModelInfo(
         name=service.models.default_name, arch=info.arch, parameters=info.parameters, device=info.device, dtype=info.precision,
         compiled=info.compiled, input_size=info.image_size, max_batch=service.runner.max_batch,
-        model_lanes=service.runner.lanes,
+        model_lanes=service.runner.lanes, runtime=info.runtime, precision=info.precision,
         checkpoint_file=info.checkpoint_path or "", checkpoint_sha256=info.checkpoint_sha256 or "",
         epoch=info.epoch, validation_dice=info.metrics.get("val_dice"), created_at=info.created_at, card=info.card,
     )
@@ -54,7 +54,8 @@ def _describe(served: ServedModel) -> ServedModelInfo:
     info = served.segmenter.info
     return ServedModelInfo(
         name=served.name, default=served.is_default, arch=info.arch, parameters=info.parameters, device=info.device,
-        dtype=info.precision, input_size=info.image_size, weights_bytes=served.weights_bytes,
+        dtype=info.precision, runtime=info.runtime, input_size=info.image_size,
+        weights_bytes=served.weights_bytes,
         checkpoint_sha256=info.checkpoint_sha256 or "", epoch=info.epoch, validation_dice=info.metrics.get("val_dice"))
 
 
