@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(60.0, gt=0, description="per-request time limit")
     api_key: str | None = Field(None, description="when set, every endpoint but /health requires it")
     cors_origins: list[str] = Field(default_factory=list, description="allowed CORS origins (JSON list)")
+    allow_urls: bool = Field(False, description="fetch photos from an image_url field (off: such requests get "
+                                                "403)")
+    url_allow_hosts: list[str] = Field(
+        default_factory=list, description="hosts (names or addresses, JSON list) image_url may reach even when they "
+                                          "resolve to loopback, private or other non-public addresses")
+    url_connect_timeout_s: float = Field(5.0, gt=0, le=60, description="image_url: time to connect")
+    url_read_timeout_s: float = Field(10.0, gt=0, le=300, description="image_url: longest wait for more bytes")
     allow_untrained: bool = Field(False, description="serve a checkpoint with epoch 0 (random weights): tests only")
     log_level: str = Field("info", description="logging level")
 
@@ -63,6 +70,14 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError("expected auto, cpu, cuda or cuda:N")
+
+    @field_validator("url_allow_hosts")
+    @classmethod
+    def _normalise_hosts(cls, value: list[str]) -> list[str]:
+        hosts = [host.strip().lower().strip("[]") for host in value]
+        if any(not host or "/" in host or " " in host for host in hosts):
+            raise ValueError("expected host names or addresses, without scheme, port or path")
+        return hosts
 
     @field_validator("checkpoints")
     @classmethod

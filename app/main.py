@@ -16,6 +16,7 @@ from app import metrics
 from app.config import Settings, SettingsError, load_settings
 from app.errors import install_error_handlers
 from app.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestLogMiddleware, StartupErrorMiddleware
+from app.photo_source import url_fetcher_for
 from app.routes import health, segment
 from app.routes.docs import install_docs
 from app.service import SegmentationService
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     if settings is not None:
         keep_uploads_in_memory(settings.max_upload_bytes)
+        app.state.url_fetcher = url_fetcher_for(settings)
     app.state.startup_error = startup_error
     app.state.ready, app.state.status, app.state.service = False, "starting", None
     install_error_handlers(app)

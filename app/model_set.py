@@ -15,8 +15,9 @@ __all__ = ["ModelSet", "ServedModel", "weights_bytes"]
 
 
 def weights_bytes(segmenter: SegmenterBase) -> int:
-    """Bytes of the weights as served: the module's parameters and buffers in their serving dtype (a bf16 model
-    holds half its fp32 checkpoint). Without a torch module (an exported runtime), the checkpoint's tensors."""
+    """Bytes of the weights as served: the module's parameters and buffers in their serving dtype (a bf16
+    model holds half its fp32 checkpoint). Without a torch module (an exported runtime): the checkpoint's
+    tensors."""
     module = getattr(segmenter, "model", None)
     tensors = chain(module.parameters(), module.buffers()) if isinstance(module, nn.Module) else \
         segmenter.checkpoint.model_state.values()
@@ -38,8 +39,9 @@ class ModelSet:
         if not segmenters:
             raise ValueError("a service needs at least one model")
         self.default_name = next(iter(segmenters))
-        self._models = {name: ServedModel(name, segmenter, weights_bytes(segmenter), name == self.default_name)
-                        for name, segmenter in segmenters.items()}
+        self._models = {
+            name: ServedModel(name, segmenter, weights_bytes(segmenter), is_default=name == self.default_name)
+            for name, segmenter in segmenters.items()}
 
     def __iter__(self) -> Iterator[ServedModel]:
         return iter(self._models.values())

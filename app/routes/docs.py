@@ -1,12 +1,14 @@
-"""The API docs, served whole by the service: /docs (Swagger UI), /redoc (ReDoc), their JavaScript, CSS and icon.
+"""The API docs, served whole by the service: /docs (Swagger UI), /redoc (ReDoc), their JavaScript, CSS and
+icon.
 
 FastAPI's own pages load Swagger UI and ReDoc from public CDNs (and ReDoc's fonts from Google), so on a host
 without internet they are blank pages, and every visitor's browser calls third parties. The same bundles are
-shipped, pinned, by the ``fastapi-offline`` package (MIT; Swagger UI is Apache-2.0, ReDoc MIT); this module serves
-them from its package folder and renders FastAPI's page templates pointing at them. Swagger UI's online validator
-badge (which would send the schema's URL to validator.swagger.io) is switched off. ReDoc 2 still shows its
-maker's logo from cdn.redoc.ly, with no option to drop it, so the pages carry a Content-Security-Policy that lets
-the browser load nothing from anywhere but the service (the logo's <img> then hides itself).
+shipped, pinned, by the ``fastapi-offline`` package (MIT; Swagger UI is Apache-2.0, ReDoc MIT); this module
+serves them from its package folder and renders FastAPI's page templates pointing at them. Swagger UI's online
+validator badge (which would send the schema's URL to validator.swagger.io) is switched off. ReDoc 2 still
+shows its maker's logo from cdn.redoc.ly, with no option to drop it, so the pages carry a
+Content-Security-Policy that lets the browser load nothing from anywhere but the service (the logo's <img>
+then hides itself).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ ASSETS_DIR = Path(str(files("fastapi_offline") / "static"))
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
 OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
-# Swagger UI's defaults plus no validator: validatorUrl null keeps the badge (a request to a third party) away.
+# Swagger UI's defaults plus no validator: validatorUrl null keeps the badge (a third-party request) away.
 SWAGGER_UI_PARAMETERS = {"validatorUrl": None}
 # Same origin only. Inline script: Swagger UI's configuration; inline styles: both UIs set style attributes;
 # data: images: Swagger UI's icons; blob: workers: ReDoc's search index.
@@ -58,7 +60,8 @@ def install_docs(app: FastAPI) -> None:
         return _same_origin_only(get_swagger_ui_html(
             openapi_url=schema_url(request), title=f"{title} - Swagger UI",
             oauth2_redirect_url=OAUTH2_REDIRECT_URL, swagger_js_url=asset(request, "swagger-ui-bundle.js"),
-            swagger_css_url=asset(request, "swagger-ui.css"), swagger_favicon_url=asset(request, "favicon.png"),
+            swagger_css_url=asset(request, "swagger-ui.css"),
+            swagger_favicon_url=asset(request, "favicon.png"),
             swagger_ui_parameters=SWAGGER_UI_PARAMETERS))
 
     @app.get(OAUTH2_REDIRECT_URL, include_in_schema=False)
@@ -69,7 +72,8 @@ def install_docs(app: FastAPI) -> None:
     async def redoc(request: Request) -> HTMLResponse:
         return _same_origin_only(get_redoc_html(
             openapi_url=schema_url(request), title=f"{title} - ReDoc",
-            redoc_js_url=asset(request, "redoc.standalone.js"), redoc_favicon_url=asset(request, "favicon.png"),
+            redoc_js_url=asset(request, "redoc.standalone.js"),
+            redoc_favicon_url=asset(request, "favicon.png"),
             with_google_fonts=False))
 
     @app.get("/favicon.ico", include_in_schema=False)

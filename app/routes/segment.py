@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from app.deps import ServiceDep
 from app.negotiation import preferred_type
+from app.photo_source import photo_bytes
 from app.schemas import ModelRef, SegmentResponse
 from app.service import SegmentResult
 
@@ -43,7 +44,10 @@ def png_response(result: SegmentResult, model: ModelRef) -> Response:
 @router.post(
     "/segment",
     response_model=SegmentResponse,
-    responses={200: PNG_EXAMPLE, 400: {"description": "empty, truncated or unreadable image"},
+    responses={200: PNG_EXAMPLE, 400: {"description": "empty, truncated or unreadable image; image_url could not be "
+                                                    "fetched (the message says why)"},
+               403: {"description": "image_url while PETSEG_ALLOW_URLS is off, or pointing at a loopback, "
+                                    "private, link-local, multicast or reserved address"},
                413: {"description": "body or image over the configured limits"},
                415: {"description": "not an image format the service reads"},
                422: {"description": "missing field, bad threshold, unknown model, ground truth of the wrong size "
@@ -54,8 +58,14 @@ def png_response(result: SegmentResult, model: ModelRef) -> Response:
 async def segment(
     request: Request,
     service: ServiceDep,
-    image: Annotated[UploadFile, File(description="the photo: JPEG, PNG, WebP, BMP or TIFF, any mode; EXIF "
-                                                  "orientation is applied")],
+    image: Annotated[UploadFile | None, File(description="the photo: JPEG, PNG, WebP, BMP or TIFF, any mode; EXIF "
+                                                         "orientation is applied. Required unless image_url is "
+                                                         "sent")] = None,
+    image_url: Annotated[str | None, Form(
+        description="instead of image: an http(s) URL the service downloads the photo from, when "
+                    "PETSEG_ALLOW_URLS is on (loopback, private and other non-public addresses are refused; at "
+                    "most 3 redirects; the upload byte limit applies)",
+        examples=["https://example.com/cat.jpg"])] = None,
     ground_truth: Annotated[UploadFile | None, File(description="optional PNG mask (0/255, 0/1 or an Oxford "
                                                                "trimap 1/2/3) of the image's size; adds Dice")] = None,
     threshold: Annotated[float | None, Form(ge=0.0, le=1.0, description="probability above which a pixel is "
@@ -71,7 +81,7 @@ async def segment(
         description="json or png; default from the Accept header (image/png gives the PNG itself)")] = None,
 ) -> SegmentResponse | Response:
     """Segment the pet: JSON with a base64 mask by default; the PNG itself with `Accept: image/png`."""
-    image_bytes = await image.read()
+    image_bytes = await photo_bytes(request, image, image_url)
     truth_bytes = await ground_truth.read() if ground_truth is not None else None
     result = await service.segment(image_bytes, ground_truth=truth_bytes, threshold=threshold, output=output,
                                    model=model)

@@ -1,6 +1,7 @@
 """The API docs pages reference only the service's own URLs, and the service serves every asset they name.
 
-The real-browser check (every other host blocked) is tests/app_ui/test_docs_offline.py; this one needs no browser.
+The real-browser check (every other host blocked) is tests/app_ui/test_docs_offline.py; this one needs no
+browser.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ ABSOLUTE_URL = re.compile(r"(?i)\b(?:https?:)?//[a-z0-9.-]+")
 
 
 class _References(HTMLParser):
-    """Every URL a page makes the browser load: src and href attributes (links and scripts), <redoc spec-url>."""
+    """Every URL a page makes the browser load: src and href attributes, <redoc spec-url>."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -50,7 +51,7 @@ def test_docs_page_references_only_local_urls(docs_client: TestClient, path: str
     urls = references(response.text)
     assert urls, "the page loads no assets: the parser missed them"
     assert all(url.startswith("/") and not url.startswith("//") for url in urls), urls
-    # Nor in inline script (Swagger UI's configuration): no scheme-qualified or protocol-relative URL anywhere.
+    # Nor in inline script (Swagger UI's configuration): no scheme-qualified or protocol-relative URL.
     assert ABSOLUTE_URL.findall(response.text) == []
 
 
@@ -97,7 +98,7 @@ def test_docs_assets_are_not_in_the_api_schema(docs_client: TestClient) -> None:
 
 @pytest.mark.parametrize("path", ["/docs", "/redoc"])
 def test_docs_pages_forbid_the_browser_any_other_origin(docs_client: TestClient, path: str) -> None:
-    """ReDoc's bundle still asks for its maker's logo from a CDN; the policy keeps the browser from sending it."""
+    """ReDoc's bundle still asks for its maker's logo from a CDN; the policy keeps the browser from asking."""
     policy = docs_client.get(path).headers["content-security-policy"]
     directives = {part.split()[0]: part.split()[1:] for part in policy.split(";") if part.strip()}
     assert directives["default-src"] == ["'self'"]

@@ -1,5 +1,5 @@
-"""Several models in one service (PETSEG_CHECKPOINTS): choosing per request, /models, names in answers and metrics,
-unknown names, start-up errors, and batches that never mix two models' images."""
+"""Several models in one service (PETSEG_CHECKPOINTS): choosing per request, /models, names in answers and
+metrics, unknown names, start-up errors, and batches that never mix two models' images."""
 from __future__ import annotations
 
 import asyncio
@@ -32,7 +32,8 @@ def second_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def two(tiny_checkpoint: Path, second_checkpoint: Path) -> Iterator[TestClient]:
-    with app_client(DEFAULT_CHECKPOINT, checkpoints={"pets": tiny_checkpoint, "small": second_checkpoint}) as client:
+    models = {"pets": tiny_checkpoint, "small": second_checkpoint}
+    with app_client(DEFAULT_CHECKPOINT, checkpoints=models) as client:
         yield client
 
 
@@ -42,7 +43,7 @@ def segment(client: TestClient, **form: str) -> dict:
     return response.json()
 
 
-# --- settings ------------------------------------------------------------------------------------------------
+# --- settings -----------------------------------------------------------------------------------------------
 
 def test_checkpoints_come_from_a_json_object_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PETSEG_CHECKPOINTS", json.dumps({"zeta": "z.pt", "alpha": "a.pt"}))
@@ -80,10 +81,12 @@ def test_checkpoint_and_checkpoints_together_are_refused(monkeypatch: pytest.Mon
         load_settings(_env_file=None)
 
 
-# --- start-up ------------------------------------------------------------------------------------------------
+# --- start-up -----------------------------------------------------------------------------------------------
 
-def test_missing_named_checkpoint_fails_loading_and_names_the_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    settings = make_settings(DEFAULT_CHECKPOINT, checkpoints={"ok": tiny_checkpoint, "gone": tmp_path / "gone.pt"})
+def test_missing_named_checkpoint_fails_loading_and_names_the_model(tiny_checkpoint: Path,
+                                                                     tmp_path: Path) -> None:
+    models = {"ok": tiny_checkpoint, "gone": tmp_path / "gone.pt"}
+    settings = make_settings(DEFAULT_CHECKPOINT, checkpoints=models)
     with pytest.raises(CheckpointError, match=r"model 'gone': checkpoint not found: .*gone\.pt"):
         SegmentationService.load(settings)
 
@@ -100,7 +103,7 @@ def test_serve_refuses_a_missing_named_checkpoint_with_one_line(tiny_checkpoint:
     assert len(lines) == 1 and "model 'gone' in PETSEG_CHECKPOINTS: checkpoint not found" in lines[0]
 
 
-# --- requests ------------------------------------------------------------------------------------------------
+# --- requests -----------------------------------------------------------------------------------------------
 
 def test_models_lists_every_model_default_first(two: TestClient, tiny_checkpoint: Path,
                                                 second_checkpoint: Path) -> None:
@@ -175,7 +178,7 @@ def test_metrics_are_labelled_with_the_model_name(two: TestClient) -> None:
     assert 'petseg_batch_size_count{model="small"}' in after
 
 
-# --- batches -------------------------------------------------------------------------------------------------
+# --- batches ------------------------------------------------------------------------------------------------
 
 def test_a_batch_never_mixes_models() -> None:
     """Interleaved jobs for two models, batched up to 4: each forward sees only its own model's images."""

@@ -119,11 +119,11 @@ def test_openapi_documents_segment_form_fields(api: TestClient) -> None:
     post_op = spec["paths"]["/segment"]["post"]
     ref = post_op["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
     body = spec["components"]["schemas"][ref.rsplit("/", 1)[-1]]
-    assert set(body["properties"]) == {"image", "ground_truth", "threshold", "output", "model"}
-    assert body["required"] == ["image"]
+    assert set(body["properties"]) == {"image", "image_url", "ground_truth", "threshold", "output", "model"}
+    assert "required" not in body  # image or image_url: the route insists on exactly one
     assert all(body["properties"][name].get("description") for name in body["properties"])
     assert {p["name"] for p in post_op["parameters"]} == {"format"}
-    assert {"200", "400", "413", "415", "422", "503"} <= set(post_op["responses"])
+    assert {"200", "400", "403", "413", "415", "422", "503"} <= set(post_op["responses"])
     assert "image/png" in post_op["responses"]["200"]["content"]
 
 

@@ -1,10 +1,12 @@
-"""The API docs in a real browser with every host but the service blocked: they must render from its own assets.
+"""The API docs in a real browser with every host but the service blocked: they must render from its own
+assets.
 
-FastAPI's default pages load Swagger UI and ReDoc from CDNs; on a host without internet they were blank. Here the
-page's every request goes through a route handler that lets through only the service's own origin (and inline
-data: / blob: URLs) and records everything else, so a single third-party request fails the test. Requests the
-pages' Content-Security-Policy stops inside the browser never reach the handler; Chromium reports each on the
-console, and the tests accept such a refusal only for an off-site URL (ReDoc's logo), never for the service's own.
+FastAPI's default pages load Swagger UI and ReDoc from CDNs; on a host without internet they were blank. Here
+the page's every request goes through a route handler that lets through only the service's own origin (and
+inline data: / blob: URLs) and records everything else, so a single third-party request fails the test.
+Requests the pages' Content-Security-Policy stops inside the browser never reach the handler; Chromium reports
+each on the console, and the tests accept such a refusal only for an off-site URL (ReDoc's logo), never for
+the service's own.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ def server(tiny_checkpoint: Path) -> Iterator[str]:
 
 
 class OffsiteGuard:
-    """A Playwright route handler: the service's origin passes, every other request is aborted and recorded."""
+    """A Playwright route handler: the service's origin passes, any other request is aborted and recorded."""
 
     def __init__(self, origin: str) -> None:
         self.origin = urlsplit(origin).netloc
@@ -107,17 +109,19 @@ def test_redoc_renders_offline(guarded_page, server: str) -> None:
 
 
 def test_guard_blocks_a_cdn_page(browser, server: str) -> None:  # noqa: F811
-    """The guard itself: FastAPI's default page (assets on a CDN) leaves Swagger UI unloaded and the CDN request
-    recorded, so the tests above would catch a page that still reached out. The page is served by the route."""
+    """The guard itself: FastAPI's default page (assets on a CDN) leaves Swagger UI unloaded and the CDN
+    request recorded, so the tests above would catch a page that still reached out. The route serves the
+    page."""
     page = browser.new_page()
     guard = OffsiteGuard(server)
     page.route("**/*", guard)
-    cdn_page = ("<html><head><script src='https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js'>"
-                "</script></head><body><div id='swagger-ui'></div></body></html>")
+    cdn_script = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"
+    cdn_page = (f"<html><head><script src='{cdn_script}'></script></head>"
+                "<body><div id='swagger-ui'></div></body></html>")
     try:
         page.route(server + "/cdn-docs", lambda route: route.fulfill(body=cdn_page, content_type="text/html"))
         page.goto(server + "/cdn-docs")
         assert page.evaluate("typeof window.SwaggerUIBundle") == "undefined"
-        assert guard.blocked == ["https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"]
+        assert guard.blocked == [cdn_script]
     finally:
         page.close()

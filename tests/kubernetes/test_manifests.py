@@ -401,6 +401,7 @@ def test_service_pdb_hpa_and_servicemonitor_point_at_the_deployment(
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     if any(m["type"] == "Resource" for m in hpa["spec"]["metrics"]):
         assert "cpu" in container(deployment)["resources"]["requests"], "CPU utilisation needs a CPU request"
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count; an apply would reset it"
     strategy = deployment["spec"]["strategy"]["rollingUpdate"]
     assert strategy["maxUnavailable"] == 0, "a rolling update keeps each pod until its successor is ready"
 
