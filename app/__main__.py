@@ -11,6 +11,7 @@ import uvicorn
 
 from app.config import SettingsError, load_settings
 from models.checkpoint import CheckpointError, load_checkpoint
+from models.engines import resolve_engine
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                 load_checkpoint(path)
             except CheckpointError as exc:
                 raise CheckpointError(f"model {name!r} in PETSEG_CHECKPOINTS: {exc}") from None
-    except (SettingsError, CheckpointError) as exc:
+        resolve_engine(settings.runtime, settings.precision, settings.device)  # the pair, and its packages
+    except (SettingsError, CheckpointError, ValueError) as exc:
         print(f"petseg-serve: {exc}", file=sys.stderr)
         return 2
     level = (args.log_level or settings.log_level).lower()
