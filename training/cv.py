@@ -20,9 +20,7 @@ from pathlib import Path
 from models.inference import Segmenter
 from training.cli import run_cli, setup_logging
 from training.data import list_split
-from training.evaluate import Evaluation, evaluate, load_pair
-from training.images import trimap_to_mask
-from training.plots import save_comparison_grid
+from training.evaluate import Evaluation, draw_worst, evaluate
 from training.train import build_parser as build_train_parser
 from training.train import config_from_args
 
@@ -68,19 +66,16 @@ def run_cross_validation(args, progress: bool) -> dict[str, object]:  # noqa: AN
 
 def _draw_worst(report: dict, args, root: Path) -> None:  # noqa: ANN001
     """The worst images, each predicted by the fold model that never saw it."""
-    samples = {s.name: s for s in list_split(Path(args.data_path), "train", args.folds, 0)}
-    samples.update({s.name: s for s in list_split(Path(args.data_path), "valid", args.folds, 0)})
-    rows, models = [], {}
+    samples = {s.name: s for split in ("train", "valid") for s in list_split(Path(args.data_path), split, args.folds, 0)}
+    models: dict[int, Segmenter] = {}
+    rows = []
     for row in report["worst"]:
-        name = str(row["name"])
-        fold = report["fold_of"][name]
+        fold = report["fold_of"][str(row["name"])]
         if fold not in models:
             models[fold] = Segmenter.from_file(root / f"fold{fold}" / "best.pt", device=args.device, precision="fp32")
-        image, trimap = load_pair(samples[name])
-        prob = models[fold].predict_batch([image])[0]
-        rows.append((f"{name}  Dice {row['dice']:.3f}", image, trimap_to_mask(trimap), prob > 0.5))
-    if rows:
-        save_comparison_grid(rows, root / "cv_worst.png", title=f"{args.folds}-fold CV: worst held-out images")
+        rows.append((samples[str(row["name"])], float(row["dice"]), models[fold]))
+    draw_worst(rows, root / "cv_worst.png", report["config"]["border_is_pet"],
+               title=f"{args.folds}-fold CV: worst held-out images")
 
 
 def _write_json(data: dict, path: Path) -> None:

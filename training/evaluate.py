@@ -24,9 +24,18 @@ from tqdm import tqdm
 from models.inference import SegmenterBase
 from models.refine import guided_upsample
 from training.cli import add_common_flags, add_inference_flags, open_engine, run_cli, setup_logging
+from training.copy_paste import least_pet_window
 from training.data import SPLITS, Sample, list_split
-from training.images import TRIMAP_BORDER, DatasetFileError, read_rgb, read_trimap, trimap_to_mask
+from training.images import (
+    TRIMAP_BACKGROUND,
+    TRIMAP_BORDER,
+    DatasetFileError,
+    read_rgb,
+    read_trimap,
+    trimap_to_mask,
+)
 from training.metrics import SegmentationMetrics, breed_of
+from training.plots import save_comparison_grid
 
 log = logging.getLogger("training.evaluate")
 REFINEMENTS = ("none", "guided")
@@ -49,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine", choices=REFINEMENTS, default="none",
                    help="up-sampling of the probability map to the photo's size: bilinear (none) or the guided "
                         "filter that follows the photo's edges (guided)")
+    p.add_argument("--background-crops", action="store_true",
+                   help="also predict, for every photo, a window that holds no pet (the trimap's pet and border "
+                        "excluded) and report how much of it is taken for a pet")
+    p.add_argument("--worst-grid", default=None, metavar="PNG",
+                   help="draw the --worst images (photo | ground truth | prediction) into this PNG")
     p.add_argument("--folds", type=int, default=10, help="cross-validation folds (see petseg-train --folds)")
     p.add_argument("--fold", type=int, default=0, help="with --split valid: the held-out fold")
     return p
@@ -103,6 +117,39 @@ def evaluate(segmenter: SegmenterBase, samples: Sequence[Sample], *, batch_size:
     return result
 
 
+def background_false_positives(segmenter: SegmenterBase, samples: Sequence[Sample], *, threshold: float = 0.5,
+                               seed: int = 0) -> dict[str, float]:
+    """Predict pet-free windows of the photos and measure the share of their pixels taken for a pet.
+
+    A window is the one, of 16 random windows of 30-60% of the side, that overlaps the pet least; photos where
+    every window touches the pet or its border are skipped. This isolates the failure users report first:
+    furniture, cars and pavement taken for the animal."""
+    rng = np.random.default_rng(seed)
+    fractions = []
+    for sample in samples:
+        image, trimap = load_pair(sample)
+        x, y, w, h = least_pet_window((trimap != TRIMAP_BACKGROUND).astype(np.uint8), rng, tries=16)
+        if (trimap[y:y + h, x:x + w] != TRIMAP_BACKGROUND).any():
+            continue
+        prob = segmenter.predict(np.ascontiguousarray(image[y:y + h, x:x + w]))
+        fractions.append(float((prob > threshold).mean()))
+    if not fractions:
+        return {"crops": 0, "pet_fraction": float("nan"), "crops_over_10pct": float("nan")}
+    return {"crops": len(fractions), "pet_fraction": float(np.mean(fractions)),
+            "crops_over_10pct": float(np.mean([f > 0.1 for f in fractions]))}
+
+
+def draw_worst(rows: Sequence[tuple[Sample, float, SegmenterBase]], path: Path, border_is_pet: bool, title: str) -> None:
+    """Photo | ground truth | prediction for each (sample, its Dice, the model that scored it)."""
+    drawn = []
+    for sample, dice, segmenter in rows:
+        image, trimap = load_pair(sample)
+        drawn.append((f"{sample.name}  Dice {dice:.3f}", image, trimap_to_mask(trimap, border_is_pet),
+                      segmenter.predict(image) > 0.5))
+    if drawn:
+        save_comparison_grid(drawn, path, title=title)
+
+
 def _probabilities(segmenter: SegmenterBase, images: list[np.ndarray], refine: str) -> list[np.ndarray]:
     """Probability maps at each photo's size, up-sampled as ``refine`` says."""
     if refine == "none":
@@ -133,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
                   "data_path": str(args.data_path), "threshold": args.threshold, "border_is_pet": border,
                   "runtime": segmenter.runtime, "precision": segmenter.precision, "refine": args.refine,
                   **evaluation.report(args.worst)}
+        if args.background_crops:
+            report["background_crops"] = background_false_positives(segmenter, samples, threshold=args.threshold)
+        if args.worst_grid:
+            by_name = {s.name: s for s in samples}
+            draw_worst([(by_name[str(r["name"])], float(r["dice"]), segmenter) for r in report["worst"]],
+                       Path(args.worst_grid), border, title=f"{args.split}: the {len(report['worst'])} worst images")
         out = Path(args.out) if args.out else Path(args.model).with_name(f"eval_{args.split}.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1))
@@ -140,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.split}: {summary['images']} images  Dice {summary['dice']:.4f} (micro {summary['dice_micro']:.4f})"
               f"  IoU {summary['iou']:.4f} (micro {summary['iou_micro']:.4f})  under 0.7: {report['below_0.7']:.1%}")
         print(f"  border ignored: Dice {ignored['dice']:.4f}  under 0.7: {ignored['below_0.7']:.1%}")
+        if "background_crops" in report:
+            crops = report["background_crops"]
+            print(f"  pet-free crops: {crops['crops']}, taken for a pet: {crops['pet_fraction']:.1%} of their pixels, "
+                  f"{crops['crops_over_10pct']:.1%} of them over 10%")
         for breed, row in report["per_breed"].items():
             print(f"  {breed}: Dice {row['dice']:.4f} over {row['images']} images, under 0.7: {row['below_0.7']:.1%}")
         for row in report["worst"][:5]:

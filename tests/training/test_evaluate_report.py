@@ -81,3 +81,43 @@ def test_guided_refinement_is_scored_at_full_resolution(pet_dataset: Path, tiny_
     report = json.loads(out.read_text())
     assert report["refine"] == "guided" and report["images"] == len(list_split(pet_dataset, "valid"))
     assert all(0.0 <= d <= 1.0 for d in report["per_image"].values())
+
+
+def test_background_crops_measure_what_is_taken_for_a_pet(pet_dataset: Path) -> None:
+    from models.inference import SegmenterBase
+    from training.evaluate import background_false_positives
+
+    class Constant(SegmenterBase):
+        """Answers the same probability everywhere: all pet above the threshold, none below."""
+
+        def __init__(self, value: float) -> None:
+            self.value = value
+
+        def predict(self, image, output_size=None):  # noqa: ANN001, ANN201
+            return np.full(image.shape[:2], self.value, np.float32)
+
+    samples = list_split(pet_dataset, "train")
+    everything = background_false_positives(Constant(0.9), samples)
+    nothing = background_false_positives(Constant(0.1), samples)
+    assert everything["crops"] == nothing["crops"] > 0
+    assert everything["pet_fraction"] == 1.0 and everything["crops_over_10pct"] == 1.0
+    assert nothing["pet_fraction"] == 0.0 and nothing["crops_over_10pct"] == 0.0
+
+
+def test_background_crops_in_the_report(pet_dataset: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bg.json"
+    assert evaluate.main(["--model", str(tiny_checkpoint), "--data_path", str(pet_dataset), "--split", "train",
+                          "--background-crops", "--out", str(out), "--device", "cpu", "--precision", "fp32"]) == 0
+    crops = json.loads(out.read_text())["background_crops"]
+    assert crops["crops"] > 0 and 0.0 <= crops["pet_fraction"] <= 1.0
+
+
+def test_worst_grid_is_drawn(pet_dataset: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    grid = tmp_path / "worst.png"
+    assert evaluate.main(["--model", str(tiny_checkpoint), "--data_path", str(pet_dataset), "--split", "valid",
+                          "--worst", "2", "--worst-grid", str(grid), "--out", str(tmp_path / "r.json"),
+                          "--device", "cpu", "--precision", "fp32"]) == 0
+    with Image.open(grid) as image:
+        assert image.format == "PNG" and image.height > image.width / 3  # two rows of three panels
