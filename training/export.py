@@ -3,6 +3,8 @@ an ONNX model (BatchNorm folded, fp32 or int8, dynamic batch/height/width, check
 
     python -m training.export --model runs/default/best.pt --out models/weights/default.pt --half \\
         --card training_data="Oxford-IIIT Pet sample: 3 breeds, 270 train images" licence="CC BY-SA 4.0"
+    python -m training.export --model runs/finetuned/last.pt --interpolate models/weights/default.pt:0.5 \
+        --out models/weights/default.pt --half          # weight-space average of two runs (WiSE-FT)
     python -m training.export --model models/weights/default.pt --format onnx --out petseg.onnx
     python -m training.export --model models/weights/default.pt --format onnx --precision int8 \\
         --calibration dataset/oxford-iiit-pet --out petseg-int8.onnx
@@ -39,6 +41,47 @@ def parse_card(items: list[str]) -> dict[str, str]:
     return card
 
 
+def parse_metrics(items: list[str]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for key, value in parse_card(items).items():
+        try:
+            metrics[key] = float(value)
+        except ValueError:
+            raise ValueError(f"--metric takes key=number pairs, got {key}={value!r}") from None
+    return metrics
+
+
+def parse_interpolation(text: str) -> tuple[Checkpoint, float]:
+    path, sep, weight = text.rpartition(":")
+    try:
+        share = float(weight)
+    except ValueError:
+        share = -1.0
+    if not sep or not path or not 0.0 <= share <= 1.0:
+        raise ValueError(f"--interpolate takes CKPT:WEIGHT with WEIGHT in [0, 1], got {text!r}")
+    return load_checkpoint(path), share
+
+
+def interpolate_weights(checkpoint: Checkpoint, other: Checkpoint, share: float) -> Checkpoint:
+    """``checkpoint`` with weights ``(1 - share) * its own + share * other's`` (integer buffers kept).
+
+    Averaging a fine-tuned model with the model it started from keeps most of what each learnt: the
+    fine-tuning's robustness and the original's accuracy on its own data (Wortsman et al. 2022, "Robust
+    fine-tuning of zero-shot models"). Both must share an architecture, hence a start."""
+    if other.arch != checkpoint.arch or other.model_state.keys() != checkpoint.model_state.keys():
+        raise ValueError(f"cannot interpolate {checkpoint.arch} with {other.arch}: the weights differ in layout")
+    state = {}
+    for key, mine in checkpoint.model_state.items():
+        theirs = other.model_state[key]
+        if mine.shape != theirs.shape:
+            raise ValueError(f"cannot interpolate: {key} is {tuple(mine.shape)} and {tuple(theirs.shape)}")
+        state[key] = (1 - share) * mine.float() + share * theirs.float() if mine.is_floating_point() else mine
+    checkpoint.model_state = state
+    checkpoint.metrics = {}  # they scored the run's own weights, not the average: re-measure (--metric)
+    checkpoint.card = {**checkpoint.card, "interpolated": f"{1 - share:g} x this run + {share:g} x other"}
+    return checkpoint
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="petseg-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration", default=None,
                    help="int8: an Oxford-IIIT Pet root (its train split) or a folder of training photos "
                         "(default $PETSEG_CALIBRATION_DATA, else dataset/oxford-iiit-pet)")
+    p.add_argument("--interpolate", default=None, metavar="CKPT:WEIGHT",
+                   help="average the weights with another checkpoint of the same architecture: (1 - WEIGHT) * "
+                        "--model + WEIGHT * CKPT (e.g. a fine-tuned run and the model it started from: WiSE-FT)")
+    p.add_argument("--metric", nargs="*", default=[], metavar="KEY=NUMBER",
+                   help="measured scores to record (e.g. val_dice=0.867; /model shows val_dice)")
     p.add_argument("--card", nargs="*", default=[], metavar="KEY=VALUE", help="model-card facts to embed")
     args = p.parse_args(argv)
     if args.format == "onnx" and args.half:
@@ -62,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         checkpoint = load_checkpoint(args.model)
+        if args.interpolate:
+            checkpoint = interpolate_weights(checkpoint, *parse_interpolation(args.interpolate))
         checkpoint.card = {**checkpoint.card, **parse_card(args.card)}
+        checkpoint.metrics = {**checkpoint.metrics, **parse_metrics(args.metric)}
         if args.format == "onnx":
             return export_onnx_file(checkpoint, Path(args.model), Path(args.out), args.precision, args.calibration)
         exported = checkpoint.half() if args.half else checkpoint
