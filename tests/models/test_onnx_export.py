@@ -109,15 +109,18 @@ def test_int8_export_without_calibration_photos_is_a_clear_error(tiny_checkpoint
 
 @pytest.mark.slow
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no embedded model at models/weights/default.pt")
-def test_embedded_model_exports_and_matches_torch_on_real_pets(tmp_path: Path, sample_data: Path) -> None:
+def test_embedded_model_exports_and_matches_torch_on_real_pets(export_cache: Path, sample_data: Path) -> None:
+    """The embedded model as the onnxruntime runtime exports it at start-up (the int8 gate reuses the file)."""
     pytest.importorskip("onnxruntime", reason="running the export needs onnxruntime")
+    from models.engines import open_segmenter
     from models.onnx_export import max_probability_difference
 
-    out = tmp_path / "default.onnx"
-    assert export_main(["--model", str(DEFAULT_WEIGHTS), "--format", "onnx", "--out", str(out)]) == 0
+    open_segmenter(DEFAULT_WEIGHTS, runtime="onnxruntime", precision="fp32")
+    (exported,) = export_cache.glob(f"{file_sha256(DEFAULT_WEIGHTS)[:24]}-*-fp32.onnx")
+    onnx.checker.check_model(str(exported))
     checkpoint = load_checkpoint(DEFAULT_WEIGHTS)
     photos = [load_sample(s, True, None)[0] for s in list_split(sample_data, "valid")[:4]]
     batches = _real_batches(photos, checkpoint.image_size, checkpoint.mean, checkpoint.std)
     rng = np.random.default_rng(2)
     batches.append(rng.standard_normal((2, 3, checkpoint.image_size, checkpoint.image_size), dtype=np.float32))
-    assert max_probability_difference(checkpoint, out, batches) <= TOLERANCE
+    assert max_probability_difference(checkpoint, exported, batches) <= TOLERANCE
