@@ -9,7 +9,7 @@ The default request (``output=mask`` as a PNG) never comes here: the service kee
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -61,6 +61,13 @@ class RenderRequest:
         """The plain mask PNG: the service's fast path, which never calls ``render``."""
         return self.output == "mask" and not self.crop and self.encoding == "png"
 
+    def as_jpeg(self) -> RenderRequest:
+        """The same rendering as a JPEG; a 422 naming ``format`` when it has a transparent background."""
+        if self.transparent:
+            raise ApiError(422, f"format: a JPEG cannot hold the transparent background of output={self.output}; "
+                                "add background=#RRGGBB (or a background_image), or ask for format=png")
+        return replace(self, encoding="jpeg")
+
 
 def _given(value: str | None) -> bool:
     return value is not None and value.strip() != ""
@@ -99,11 +106,8 @@ def render_request(output: str = "mask", *, soft: bool | None = None, background
             margin = parse_margin(crop_margin)  # type: ignore[arg-type]
         except ValueError as exc:
             raise ApiError(422, f"crop_margin: {exc}") from None
-    request = RenderRequest(output, bool(soft), colour, background_image, crop, margin, encoding)
-    if encoding == "jpeg" and request.transparent:
-        raise ApiError(422, f"format: a JPEG cannot hold the transparent background of output={output}; add "
-                            "background=#RRGGBB (or a background_image), or ask for format=png")
-    return request
+    request = RenderRequest(output, bool(soft), colour, background_image, crop, margin)
+    return request.as_jpeg() if encoding == "jpeg" else request
 
 
 @dataclass(frozen=True)

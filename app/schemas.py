@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-__all__ = ["HealthResponse", "ModelInfo", "ModelRef", "ModelsResponse", "ReadyResponse", "SegmentResponse",
-           "ServedModelInfo"]
+__all__ = ["CropBox", "HealthResponse", "ModelInfo", "ModelRef", "ModelsResponse", "ReadyResponse",
+           "SegmentResponse", "ServedModelInfo"]
 
 
 class ModelRef(BaseModel):
@@ -12,6 +12,13 @@ class ModelRef(BaseModel):
     arch: str = Field(description="architecture name", examples=["resnet34_unet"])
     checkpoint_sha256: str | None = Field(description="sha256 of the checkpoint file served",
                                           examples=["3f2a...e9"])
+
+
+class CropBox(BaseModel):
+    x: int = Field(description="left edge of the crop in the photo, in pixels", examples=[112])
+    y: int = Field(description="top edge of the crop in the photo, in pixels", examples=[40])
+    width: int = Field(description="width of the crop (and of output_png)", examples=[290])
+    height: int = Field(description="height of the crop (and of output_png)", examples=[301])
 
 
 class SegmentResponse(BaseModel):
@@ -26,8 +33,11 @@ class SegmentResponse(BaseModel):
     mask_png: str = Field(description="base64 of a single-channel PNG, 0 background / 255 pet, at the image's size",
                           examples=["iVBORw0KGgoAAAANSUhEUgAA..."])
     output: str = Field(description="the rendering requested with `output`", examples=["mask"])
-    output_png: str | None = Field(None, description="base64 PNG of the requested rendering when output is not "
-                                                     "`mask` (probability, overlay or cutout)")
+    output_png: str | None = Field(None, description="base64 PNG of the requested rendering (probability, "
+                                                     "overlay, cutout, alpha; cropped with crop=true); null for "
+                                                     "the plain mask, which is mask_png")
+    crop: CropBox | None = Field(None, description="where output_png was cut from the photo (crop=true); null "
+                                                   "when not cropped")
     model: ModelRef = Field(description="the model that answered")
     inference_ms: float = Field(description="time spent waiting for and running the model, in ms", examples=[62.5])
 
