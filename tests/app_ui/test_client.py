@@ -2,6 +2,9 @@
 against nothing at all."""
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.client import build_parser, main
+from app.client import Rendering, build_parser, main, watch_folder
 from tests.factories import blob_image, jpeg_bytes, png_bytes
 from tests.server import free_port
 
@@ -138,3 +141,131 @@ def test_bad_threshold_is_a_usage_error(photos: list[Path], capsys: pytest.Captu
         main(["segment", str(photos[0]), "--threshold", "1.5"])
     assert exit_info.value.code == 2
     assert "not in [0, 1]" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- cutouts
+def test_cutout_soft_on_a_colour_cropped(client: TestClient, photos: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "cutouts"
+    assert main(["segment", str(photos[0]), "--out", str(out), "--cutout", "--soft", "--background", "#ffffff",
+                 "--threshold", "0.3"], client=client) == 0
+    cutout = Image.open(out / "pet0_cutout.png")
+    assert cutout.mode == "RGB" and cutout.size == SIZES[0]
+    assert Image.open(out / "pet0_mask.png").size == SIZES[0]
+
+    assert main(["segment", str(photos[0]), "--out", str(out / "cropped"), "--cutout", "--crop",
+                 "--threshold", "0.3"], client=client) == 0
+    cropped = Image.open(out / "cropped" / "pet0_cutout.png")
+    assert cropped.mode == "RGBA"
+    assert cropped.size[0] <= SIZES[0][0] and cropped.size[1] <= SIZES[0][1]
+    assert Image.open(out / "cropped" / "pet0_mask.png").size == SIZES[0]  # the mask stays whole
+
+
+def test_background_image_is_sent(client: TestClient, photos: list[Path], tmp_path: Path) -> None:
+    background = tmp_path / "beach.png"
+    background.write_bytes(png_bytes(np.full((10, 10, 3), (0, 0, 255), np.uint8)))
+    assert main(["segment", str(photos[0]), "--out", str(tmp_path), "--cutout", "--background-image",
+                 str(background), "--threshold", "1"], client=client) == 0
+    cutout = np.asarray(Image.open(tmp_path / "pet0_cutout.png"))
+    assert (cutout == (0, 0, 255)).all()  # threshold 1: no pet, all background
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--soft"], "--soft needs --cutout"), (["--background", "#fff"], "--background needs --cutout"),
+    (["--crop-margin", "5"], "--crop-margin needs --crop"),
+    (["--cutout", "--background", "#fff", "--background-image", "x.png"], "not both"),
+    (["--cutout", "--background-image", "missing.png"], "background image not found"),
+])
+def test_flag_combinations_are_checked_before_sending(client: TestClient, photos: list[Path], flags: list[str],
+                                                      message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["segment", str(photos[0]), *flags], client=client) == 2
+    assert message in capsys.readouterr().err
+    assert not photos[0].with_name("pet0_mask.png").exists()
+
+
+def test_service_refusals_of_options_exit_2(client: TestClient, photos: list[Path],
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["segment", str(photos[0]), "--cutout", "--background", "blue"], client=client) == 2
+    err = capsys.readouterr().err
+    assert "the service answered 422" in err and "background: " in err
+
+
+def test_overlay_and_cutout_are_one_or_the_other(photos: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["segment", str(photos[0]), "--overlay", "--cutout"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- --watch
+class CountingClient:
+    """Counts the requests ``watch_folder`` sends through the real app."""
+
+    def __init__(self, client: TestClient) -> None:
+        self.client, self.posted = client, []
+
+    def post(self, url: str, **kwargs: object):  # noqa: ANN201
+        self.posted.append(kwargs["files"]["image"][0])  # type: ignore[index]
+        return self.client.post(url, **kwargs)
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_watch_segments_photos_as_they_arrive_and_skips_those_done(client: TestClient, tmp_path: Path) -> None:
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    first = inbox / "first.jpg"
+    first.write_bytes(jpeg_bytes(blob_image(40, 30, seed=1)[0]))
+    done = inbox / "done.png"  # already segmented: its outputs exist and are newer than it
+    done.write_bytes(png_bytes(blob_image(40, 30, seed=2)[0]))
+    out.mkdir()
+    for name in ("done_mask.png", "done_cutout.png"):
+        (out / name).write_bytes(b"already here")
+    (inbox / "notes.txt").write_text("not a photo: never sent")
+    counting = CountingClient(client)
+    stop, lines = threading.Event(), []
+    worker = threading.Thread(target=lambda: lines.append(watch_folder(
+        counting, inbox, out=out, rendering=Rendering(cutout=True, soft=True), interval=0.1, stop=stop,
+        report=lines.append)), daemon=True)
+    worker.start()
+    try:
+        wait_for(lambda: (out / "first_cutout.png").exists())
+        assert Image.open(out / "first_mask.png").size == (40, 30)
+        assert Image.open(out / "first_cutout.png").mode == "RGBA"
+
+        later = inbox / "later.png"  # arrives while watching: written elsewhere, moved in whole
+        staging = tmp_path / "later.png"
+        staging.write_bytes(png_bytes(blob_image(50, 20, seed=3)[0]))
+        os.replace(staging, later)
+        bogus = inbox / "broken.jpg"
+        bogus.write_text("this is not a JPEG")
+        wait_for(lambda: (out / "later_cutout.png").exists() and any("broken.jpg" in str(x) for x in lines))
+        time.sleep(0.5)  # several more looks: nothing is sent again
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert sorted(counting.posted) == ["broken.jpg", "first.jpg", "later.png"]
+    assert (out / "done_mask.png").read_bytes() == b"already here"
+    assert lines[-1] == 2  # watch_folder's answer: two photos segmented
+    assert any("415" in str(line) and "broken.jpg" in str(line) for line in lines)
+    assert not list(out.glob(".*.tmp")), "no temporary file left behind"
+
+
+def test_watch_refuses_a_missing_folder_and_out_inside_it(client: TestClient, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["segment", "--watch", str(tmp_path / "nope")], client=client) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["segment", "--watch", str(tmp_path), "--out", str(tmp_path)], client=client) == 2
+    assert "must not be the watched folder" in capsys.readouterr().err
+    assert main(["segment", "--watch", str(tmp_path), str(tmp_path / "a.jpg")], client=client) == 2
+    assert "takes no IMAGE" in capsys.readouterr().err
+    assert main(["segment"], client=client) == 2
+    assert "give IMAGE files, or --watch DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["segment", "--watch", str(tmp_path), "--interval", "0"])
+    assert "not between 0.1 and 60 seconds" in capsys.readouterr().err
