@@ -17,8 +17,7 @@ from app.cores import usable_cores
 from app.errors import ApiError
 from app.pngwrite import encode_gray_png
 
-__all__ = ["DecodedImage", "decode_ground_truth", "decode_image", "encode_mask_png", "encode_png", "overlay_rgb",
-           "render_output"]
+__all__ = ["DecodedImage", "decode_ground_truth", "decode_image", "encode_mask_png", "encode_png", "overlay_rgb"]
 
 SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"}
 _ORIENTATION_SWAPS_AXES = {5, 6, 7, 8}
@@ -171,22 +170,3 @@ def overlay_rgb(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     tint = np.array([255, 64, 64], dtype=np.uint16)
     out[mask] = ((rgb[mask].astype(np.uint16) * 55 + tint * 45) // 100).astype(np.uint8)
     return out
-
-
-def render_output(kind: str, mask: np.ndarray, probability: np.ndarray, rgb: np.ndarray | None) -> bytes:
-    """PNG bytes for ``mask`` (0/255), ``probability`` (0..255), ``overlay`` (tinted RGB), ``cutout`` (RGBA).
-
-    ``mask`` is boolean; ``probability`` is float in [0, 1] or already uint8 on the 0..255 scale."""
-    if kind == "mask":
-        return encode_mask_png(mask)
-    if kind == "probability":
-        if probability.dtype != np.uint8:
-            probability = (probability * 255.0 + 0.5).astype(np.uint8)
-        return encode_png(probability)
-    assert rgb is not None and rgb.shape[:2] == mask.shape, "overlay and cutout need the full-size image"
-    if kind == "overlay":
-        return encode_png(overlay_rgb(rgb, mask))
-    if kind == "cutout":
-        alpha = mask.astype(np.uint8) * 255
-        return encode_png(np.dstack([rgb, alpha]))
-    raise ValueError(f"unknown output {kind!r}")

@@ -43,6 +43,10 @@ class RenderRequest:
     crop_margin: Margin = field(default_factory=Margin)
     encoding: Encoding = "png"
 
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUTS:
+            raise ValueError(f"unknown output {self.output!r}")
+
     @property
     def soft_alpha(self) -> bool:
         return self.output == "alpha" or (self.output == "cutout" and self.soft)
@@ -133,6 +137,9 @@ def render(request: RenderRequest, prediction: FullSizePrediction, prob_small: n
     refines along ``rgb`` (the full-size photo; needed by overlay, cutout and alpha); ``background`` the
     decoded ``background_image``. An empty mask with ``crop`` is a 422: there is nothing to crop to."""
     mask, probability = prediction.mask, prediction.probability
+    if rgb is not None and rgb.shape[:2] != mask.shape:
+        raise ValueError(f"the photo is {rgb.shape[1]}x{rgb.shape[0]} but the mask {mask.shape[1]}x{mask.shape[0]}: "
+                         "renderings need the full-size photo")
     alpha = mask
     if request.soft_alpha:
         assert rgb is not None, "the soft alpha needs the full-size photo"

@@ -1,4 +1,5 @@
-"""Unit tests for app/imaging.py: decoding uploads and ground truth, and rendering the outputs. No model."""
+"""Unit tests for app/imaging.py: decoding uploads and ground truth, and encoding PNGs. No model (the renderings
+are tested in test_rendering.py)."""
 from __future__ import annotations
 
 import io
@@ -8,7 +9,7 @@ import pytest
 from PIL import Image
 
 from app.errors import ApiError
-from app.imaging import decode_ground_truth, decode_image, encode_png, render_output
+from app.imaging import decode_ground_truth, decode_image, encode_png
 from tests.factories import blob_image, jpeg_bytes, png_bytes
 
 LIMIT = 20_000_000
@@ -188,52 +189,7 @@ def test_decode_ground_truth_over_max_pixels_is_413() -> None:
     assert caught.value.detail.startswith(f"ground_truth is {W}x{H}")
 
 
-# --- render_output ------------------------------------------------------------------------------------------
-
-PROB = np.linspace(0.0, 1.0, W * H, dtype=np.float32).reshape(H, W)
-MASK = PROB > 0.5
-
-
-def test_render_output_mask_is_L_0_255() -> None:
-    image = open_png(render_output("mask", MASK, PROB, None))
-    assert image.mode == "L" and image.size == (W, H)
-    assert np.array_equal(np.asarray(image), np.where(MASK, 255, 0))
-
-
-def test_render_output_probability_is_rounded_8_bit() -> None:
-    image = open_png(render_output("probability", MASK, PROB, None))
-    assert image.mode == "L" and image.size == (W, H)
-    values = np.asarray(image)
-    assert np.array_equal(values, np.floor(PROB * 255.0 + 0.5).astype(np.uint8))
-    assert (values[0, 0], values[-1, -1]) == (0, 255)
-
-
-def test_render_output_overlay_tints_only_the_mask() -> None:
-    image = open_png(render_output("overlay", MASK, PROB, IMAGE))
-    assert image.mode == "RGB" and image.size == (W, H)
-    overlay = np.asarray(image)
-    assert np.array_equal(overlay[~MASK], IMAGE[~MASK])
-    tinted = (IMAGE[MASK].astype(np.uint16) * 55 + np.array([255, 64, 64]) * 45) // 100
-    assert np.array_equal(overlay[MASK], tinted.astype(np.uint8))
-
-
-def test_render_output_cutout_is_rgba_with_mask_alpha() -> None:
-    image = open_png(render_output("cutout", MASK, PROB, IMAGE))
-    assert image.mode == "RGBA" and image.size == (W, H)
-    cutout = np.asarray(image)
-    assert np.array_equal(cutout[:, :, 3], np.where(MASK, 255, 0))
-    assert np.array_equal(cutout[:, :, :3], IMAGE)
-
-
-def test_render_output_unknown_kind_raises() -> None:
-    with pytest.raises(ValueError, match="unknown output 'sketch'"):
-        render_output("sketch", MASK, PROB, IMAGE)
-
-
-def test_render_output_overlay_needs_full_size_image() -> None:
-    with pytest.raises(AssertionError, match="full-size image"):
-        render_output("overlay", MASK, PROB, IMAGE[:10])
-
+# --- encode_png -----------------------------------------------------------------------------------------------
 
 def test_encode_png_round_trips() -> None:
     image = open_png(encode_png(IMAGE))

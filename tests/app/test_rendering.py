@@ -165,3 +165,47 @@ def test_crop_of_an_empty_mask_is_a_422() -> None:
         render(RenderRequest("mask", crop=True), nothing, np.zeros((16, 16), np.float32), None, threshold=0.5)
     assert info.value.status_code == 422
     assert info.value.detail.startswith("crop: no pet found in the image at threshold 0.5")
+
+
+# --- each output, exactly -------------------------------------------------------------------------------------
+
+RAMP = np.linspace(0.0, 1.0, W * H, dtype=np.float32).reshape(H, W)  # at the photo's size: no resize
+RAMP_PREDICTION = to_full_size(RAMP, (W, H), 0.5)
+RAMP_MASK = RAMP_PREDICTION.mask > 0
+
+
+def test_mask_is_L_0_255() -> None:
+    image = open_png(render(RenderRequest("mask"), RAMP_PREDICTION, RAMP, None).data)
+    assert image.mode == "L" and image.size == (W, H)
+    np.testing.assert_array_equal(np.asarray(image), np.where(RAMP > 0.5, 255, 0))
+
+
+def test_probability_is_rounded_8_bit() -> None:
+    image = open_png(render(RenderRequest("probability"), RAMP_PREDICTION, RAMP, None).data)
+    assert image.mode == "L" and image.size == (W, H)
+    values = np.asarray(image)
+    np.testing.assert_array_equal(values, np.floor(RAMP * 255.0 + 0.5).astype(np.uint8))
+    assert (values[0, 0], values[-1, -1]) == (0, 255)
+
+
+def test_overlay_tints_only_the_mask() -> None:
+    image = open_png(render(RenderRequest("overlay"), RAMP_PREDICTION, RAMP, PHOTO).data)
+    assert image.mode == "RGB" and image.size == (W, H)
+    overlay = np.asarray(image)
+    np.testing.assert_array_equal(overlay[~RAMP_MASK], PHOTO[~RAMP_MASK])
+    tinted = (PHOTO[RAMP_MASK].astype(np.uint16) * 55 + np.array([255, 64, 64]) * 45) // 100
+    np.testing.assert_array_equal(overlay[RAMP_MASK], tinted.astype(np.uint8))
+
+
+def test_cutout_is_rgba_with_the_mask_as_alpha() -> None:
+    cutout = np.asarray(open_png(render(RenderRequest("cutout"), RAMP_PREDICTION, RAMP, PHOTO).data))
+    assert cutout.shape == (H, W, 4)
+    np.testing.assert_array_equal(cutout[:, :, 3], np.where(RAMP_MASK, 255, 0))
+    np.testing.assert_array_equal(cutout[:, :, :3], PHOTO)
+
+
+def test_unknown_output_and_a_photo_of_another_size_are_programming_errors() -> None:
+    with pytest.raises(ValueError, match="unknown output 'sketch'"):
+        RenderRequest("sketch")
+    with pytest.raises(ValueError, match="need the full-size photo"):
+        render(RenderRequest("overlay"), RAMP_PREDICTION, RAMP, PHOTO[:10])
