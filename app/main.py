@@ -17,7 +17,7 @@ from app.config import Settings, SettingsError, load_settings
 from app.errors import install_error_handlers
 from app.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestLogMiddleware, StartupErrorMiddleware
 from app.photo_source import url_fetcher_for
-from app.routes import health, segment
+from app.routes import health, removebg, segment
 from app.routes.docs import install_docs
 from app.service import SegmentationService
 from models.checkpoint import CheckpointError
@@ -108,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(segment.router)
     app.include_router(health.router)
+    app.include_router(removebg.router)
     install_docs(app)
 
     @app.get("/", include_in_schema=False, response_model=None)

@@ -20,8 +20,16 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("app.access")
-KNOWN_ROUTES = {"/", "/segment", "/health", "/ready", "/model", "/models", "/metrics", "/docs", "/openapi.json",
-                "/redoc"}
+KNOWN_ROUTES = {"/", "/segment", "/health", "/ready", "/model", "/models", "/metrics", "/docs",
+                "/openapi.json", "/redoc", "/v1.0/removebg"}
+# remove.bg-compatible paths answer errors in remove.bg's envelope, and a refused key with its 403.
+REMOVEBG_PREFIX = "/v1.0/"
+
+
+def error_body(scope: Scope, message: str) -> dict[str, Any]:
+    if scope["path"].startswith(REMOVEBG_PREFIX):
+        return {"errors": [{"title": message}]}
+    return {"detail": message}
 
 
 async def send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
@@ -89,7 +97,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        too_big = {"detail": f"request body is larger than the limit of {self.max_bytes} bytes"}
+        too_big = error_body(scope, f"request body is larger than the limit of {self.max_bytes} bytes")
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             metrics.REJECTED.labels("too_large").inc()
@@ -144,6 +152,9 @@ class ApiKeyMiddleware:
             offered = bearer[7:].strip()
         if offered is None or not hmac.compare_digest(offered.encode(), self.api_key):
             metrics.REJECTED.labels("unauthorized").inc()
+            if scope["path"].startswith(REMOVEBG_PREFIX):
+                await send_json(send, 403, error_body(scope, "missing or wrong API key (send X-Api-Key)"))
+                return
             await send_json(send, 401, {"detail": "missing or wrong API key (send X-API-Key)"},
                             {"WWW-Authenticate": "Bearer"})
             return
