@@ -119,7 +119,8 @@ def test_openapi_documents_segment_form_fields(api: TestClient) -> None:
     post_op = spec["paths"]["/segment"]["post"]
     ref = post_op["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
     body = spec["components"]["schemas"][ref.rsplit("/", 1)[-1]]
-    assert set(body["properties"]) == {"image", "image_url", "ground_truth", "threshold", "output", "model"}
+    assert set(body["properties"]) == {"image", "image_url", "ground_truth", "threshold", "output", "soft",
+                                        "background", "background_image", "crop", "crop_margin", "model"}
     assert "required" not in body  # image or image_url: the route insists on exactly one
     assert all(body["properties"][name].get("description") for name in body["properties"])
     assert {p["name"] for p in post_op["parameters"]} == {"format"}
