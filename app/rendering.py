@@ -148,8 +148,9 @@ def render(request: RenderRequest, prediction: FullSizePrediction, prob_small: n
     if request.crop:
         _, box = crop_to_subject(alpha, alpha, request.crop_margin)
         if box is None:
-            raise ApiError(422, f"crop: no pet found in the image at threshold {threshold:g}, so there is nothing "
-                                "to crop to; lower the threshold or leave crop out")
+            where = "anywhere in the soft alpha" if request.soft_alpha else f"at threshold {threshold:g}"
+            raise ApiError(422, f"crop: no pet found in the image ({where}), so there is nothing to crop to; "
+                                f"{'leave' if request.soft_alpha else 'lower the threshold or leave'} crop out")
         rows, cols = box.slices()
         mask, probability, alpha = mask[rows, cols], probability[rows, cols], alpha[rows, cols]
         rgb = rgb[rows, cols] if rgb is not None else None

@@ -164,7 +164,10 @@ def test_crop_of_an_empty_mask_is_a_422() -> None:
     with pytest.raises(ApiError) as info:
         render(RenderRequest("mask", crop=True), nothing, np.zeros((16, 16), np.float32), None, threshold=0.5)
     assert info.value.status_code == 422
-    assert info.value.detail.startswith("crop: no pet found in the image at threshold 0.5")
+    assert info.value.detail.startswith("crop: no pet found in the image (at threshold 0.5)")
+    with pytest.raises(ApiError) as info:  # the soft alpha ignores the threshold: the message says so
+        render(RenderRequest("alpha", crop=True), nothing, np.zeros((16, 16), np.float32), PHOTO)
+    assert info.value.detail.startswith("crop: no pet found in the image (anywhere in the soft alpha)")
 
 
 # --- each output, exactly -------------------------------------------------------------------------------------

@@ -191,7 +191,7 @@ def test_crop_with_background_jpeg(api: TestClient) -> None:
 def test_crop_with_no_pet_is_a_422_that_says_so(api: TestClient) -> None:
     response = post(api, "?format=png", output="cutout", crop="true", threshold="1")
     assert response.status_code == 422
-    assert response.json()["detail"].startswith("crop: no pet found in the image at threshold 1")
+    assert response.json()["detail"].startswith("crop: no pet found in the image (at threshold 1)")
     assert post(api, output="cutout", threshold="1").status_code == 200  # without crop: an empty cutout
 
 

@@ -180,6 +180,7 @@ def test_page_segments_scores_and_downloads(server: str, page, photo: Path, tmp_
     download = download_info.value
     assert download.suggested_filename == "pet_mask.png"
     assert Path(download.path()).read_bytes() == base64.b64decode(direct["mask_png"])
+    page.wait_for_selector("#cutout[data-ready='1']")  # the download is the preview's own file
     with page.expect_download() as download_info:
         page.click("#download-cutout")
     download = download_info.value
@@ -252,3 +253,80 @@ def test_page_asks_for_an_api_key_when_the_service_wants_one(tiny_checkpoint: Pa
         assert not page.is_visible("#error")
     finally:
         stop_server(proc)
+
+
+def preview_bytes(page) -> bytes:
+    """The cutout preview's file, as the page holds it (a blob: URL)."""
+    return base64.b64decode(page.evaluate("""async () => {
+        const bytes = new Uint8Array(await (await fetch(document.querySelector('#cutout').src)).arrayBuffer());
+        let text = '';
+        for (let i = 0; i < bytes.length; i += 8192) text += String.fromCharCode(...bytes.subarray(i, i + 8192));
+        return btoa(text);
+    }"""))
+
+
+def wait_for_new_preview(page, previous_src: str) -> None:
+    page.wait_for_function("(old) => { const img = document.querySelector('#cutout');"
+                           " return img.src && img.src !== old && img.dataset.ready === '1'; }", arg=previous_src)
+
+
+def direct_image(url: str, photo: Path, **form: str) -> bytes:
+    response = httpx.post(f"{url}/segment?format=png", files={"image": (photo.name, photo.read_bytes(),
+                                                                        "image/jpeg")},
+                          data={"threshold": "0.5", **form}, timeout=60)
+    response.raise_for_status()
+    return response.content
+
+
+def test_page_cutout_preview_follows_soft_edges_background_and_crop(server: str, page, photo: Path) -> None:
+    page.goto(server + "/")
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("#cutout[data-ready='1']")
+    # Soft edges by default: the same file the API gives for output=alpha, on the checkerboard.
+    assert preview_bytes(page) == direct_image(server, photo, output="alpha")
+    assert page.text_content("#cutout-size") == "160×120"
+
+    src = page.get_attribute("#cutout", "src")
+    page.eval_on_selector("#bg-colour", "el => { el.value = '#00ff00'; "
+                                        "el.dispatchEvent(new Event('input', {bubbles: true})); }")
+    wait_for_new_preview(page, src)
+    assert not page.is_checked("#bg-transparent")
+    coloured = preview_bytes(page)
+    assert coloured == direct_image(server, photo, output="alpha", background="#00ff00")
+    assert decode_png(coloured).mode == "RGB"
+
+    src = page.get_attribute("#cutout", "src")
+    page.uncheck("#soft")
+    wait_for_new_preview(page, src)
+    assert preview_bytes(page) == direct_image(server, photo, output="cutout", background="#00ff00")
+
+    assert page.is_disabled("#crop-margin")
+    src = page.get_attribute("#cutout", "src")
+    page.check("#crop")
+    page.fill("#crop-margin", "2")
+    page.wait_for_function("() => document.querySelector('#cutout-size').textContent.includes('cropped')")
+    wait_for_new_preview(page, src)
+    page.wait_for_timeout(600)  # the margin's debounce: let the last request land
+    page.wait_for_selector("#cutout[data-ready='1']")
+    expected = direct_image(server, photo, output="cutout", background="#00ff00", crop="true", crop_margin="2")
+    assert preview_bytes(page) == expected
+    width, height = decode_png(expected).size
+    assert page.text_content("#cutout-size") == f"{width}×{height} · cropped"
+    with page.expect_download() as download_info:
+        page.click("#download-cutout")
+    assert Path(download_info.value.path()).read_bytes() == expected
+    assert not page.is_visible("#error")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-cutout.png"), full_page=True)
+
+
+def test_page_shows_the_crop_refusal_readably(server: str, page, photo: Path) -> None:
+    page.goto(server + "/")
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("#cutout[data-ready='1']")
+    page.uncheck("#soft")  # the hard cutout follows the threshold (the soft alpha does not)
+    page.check("#crop")
+    set_threshold(page, 1.0)  # nothing is pet: nothing to crop to
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.text_content("#error").startswith("Error 422: crop: no pet found in the image (at threshold 1)")
+    assert page.is_visible("#cutout-empty")
