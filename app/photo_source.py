@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from fastapi import Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 
 from app.config import Settings
 from app.errors import ApiError
 from app.url_fetch import UrlFetcher, UrlPolicy
 
-__all__ = ["fetch_image_url", "photo_bytes", "url_fetcher_for"]
+__all__ = ["fetch_image_url", "field_error", "photo_bytes", "url_fetcher_for"]
 
 
 def url_fetcher_for(settings: Settings) -> UrlFetcher:
@@ -28,13 +29,18 @@ async def fetch_image_url(request: Request, url: str) -> bytes:
     return await fetcher.fetch(url)
 
 
+def field_error(field: str, kind: str, message: str) -> RequestValidationError:
+    """A 422 in FastAPI's own shape (``detail: [{loc, msg, type}]``), like every other bad form field."""
+    return RequestValidationError([{"type": kind, "loc": ("body", field), "msg": message, "input": None}])
+
+
 async def photo_bytes(request: Request, image: UploadFile | None, image_url: str | None) -> bytes:
     """The uploaded ``image`` or the photo at ``image_url``: exactly one of them (422 otherwise)."""
     url = (image_url or "").strip()
     if image is not None and url:
-        raise ApiError(422, "send the photo as image or as image_url, not both")
+        raise field_error("image_url", "value_error", "send the photo as image or as image_url, not both")
     if image is not None:
         return await image.read()
     if not url:
-        raise ApiError(422, "send the photo as image (a file upload) or as image_url")
+        raise field_error("image", "missing", "send the photo as image (a file upload) or as image_url")
     return await fetch_image_url(request, url)
