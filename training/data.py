@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from training.images import DatasetFileError, read_rgb, read_trimap, trimap_to_mask
 
-__all__ = ["SPLITS", "PetDataset", "Sample", "check_fold", "list_split", "validate_layout"]
+__all__ = ["SPLITS", "PetDataset", "Sample", "check_fold", "list_split", "load_pair", "validate_layout"]
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -68,15 +68,21 @@ def list_split(root: Path, split: str, folds: int = 10, fold: int = 0) -> list[S
     return [Sample(n, root / "images" / f"{n}.jpg", root / "annotations" / "trimaps" / f"{n}.png") for n in names]
 
 
-def load_sample(sample: Sample, border_is_pet: bool, size: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one image and its mask; resize both to ``size`` x ``size`` when given (mask: nearest)."""
-    image = read_rgb(sample.image_path)
-    mask = trimap_to_mask(read_trimap(sample.trimap_path), border_is_pet)
-    if image.shape[:2] != mask.shape:
+def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """The photo and its trimap, checked to be the same size."""
+    image, trimap = read_rgb(sample.image_path), read_trimap(sample.trimap_path)
+    if image.shape[:2] != trimap.shape:
         raise DatasetFileError(
-            f"trimap {sample.trimap_path} is {mask.shape[1]}x{mask.shape[0]} but image "
+            f"trimap {sample.trimap_path} is {trimap.shape[1]}x{trimap.shape[0]} but image "
             f"{sample.image_path} is {image.shape[1]}x{image.shape[0]}"
         )
+    return image, trimap
+
+
+def load_sample(sample: Sample, border_is_pet: bool, size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one image and its mask; resize both to ``size`` x ``size`` when given (mask: nearest)."""
+    image, trimap = load_pair(sample)
+    mask = trimap_to_mask(trimap, border_is_pet)
     if size is not None:
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
         mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)

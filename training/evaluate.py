@@ -25,15 +25,8 @@ from models.inference import SegmenterBase
 from models.refine import guided_upsample
 from training.cli import add_common_flags, add_inference_flags, open_engine, run_cli, setup_logging
 from training.copy_paste import least_pet_window
-from training.data import SPLITS, Sample, list_split
-from training.images import (
-    TRIMAP_BACKGROUND,
-    TRIMAP_BORDER,
-    DatasetFileError,
-    read_rgb,
-    read_trimap,
-    trimap_to_mask,
-)
+from training.data import SPLITS, Sample, list_split, load_pair
+from training.images import TRIMAP_BACKGROUND, TRIMAP_BORDER, trimap_to_mask
 from training.metrics import SegmentationMetrics, breed_of
 from training.plots import save_comparison_grid
 
@@ -86,15 +79,6 @@ class Evaluation:
                 "border_ignored": {**self.border_ignored.summary(),
                                    "below_0.7": self.border_ignored.share_below(0.7),
                                    "per_breed": self.border_ignored.by_group(breed_of)}}
-
-
-def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-    """The photo and its trimap, checked to be the same size."""
-    image, trimap = read_rgb(sample.image_path), read_trimap(sample.trimap_path)
-    if image.shape[:2] != trimap.shape:
-        raise DatasetFileError(f"trimap {sample.trimap_path} is {trimap.shape[1]}x{trimap.shape[0]} but image "
-                               f"{sample.image_path} is {image.shape[1]}x{image.shape[0]}")
-    return image, trimap
 
 
 def evaluate(segmenter: SegmenterBase, samples: Sequence[Sample], *, batch_size: int = 8, threshold: float = 0.5,
