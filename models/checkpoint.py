@@ -55,6 +55,9 @@ class Checkpoint:
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     training_state: dict[str, Any] | None = None
     card: dict[str, Any] = field(default_factory=dict)
+    # int8 activation ranges measured on calibration photos (models.quantize.Int8Calibration.to_dict()), so that
+    # int8 can be served without the photos; empty when none were measured.
+    int8_calibration: dict[str, str] = field(default_factory=dict)
 
     def build_model(self) -> nn.Module:
         """Instantiate the architecture and load the weights (cast to fp32 if stored in half precision)."""
@@ -65,6 +68,15 @@ class Checkpoint:
         except RuntimeError as exc:
             raise CheckpointError(f"weights do not fit architecture {self.arch!r}: {_first_line(exc)}") from None
         return model
+
+    def weights_digest(self) -> str:
+        """sha256 of the architecture, input size and weights (as fp32): what identifies the model whatever the
+        file around it (card, metrics, int8 ranges) holds."""
+        digest = hashlib.sha256(f"{self.arch}:{self.image_size}".encode())
+        for name, tensor in sorted(self.model_state.items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +92,7 @@ class Checkpoint:
             "created_at": self.created_at,
             "training_state": self.training_state,
             "card": dict(self.card),
+            "int8_calibration": dict(self.int8_calibration),
         }
 
     @classmethod
@@ -102,6 +115,7 @@ class Checkpoint:
                 created_at=str(raw.get("created_at", "")),
                 training_state=raw.get("training_state"),
                 card=dict(raw.get("card") or {}),
+                int8_calibration=dict(raw.get("int8_calibration") or {}),
             )
         except (KeyError, TypeError, ValueError, UnknownArchitectureError) as exc:
             raise CheckpointError(f"{source} is malformed: {exc}") from None

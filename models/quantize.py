@@ -9,6 +9,11 @@ Calibration photos: the training split of an Oxford-IIIT Pet root (trainval line
 project's rule, so never the validation photos that measure the result) or any folder of photos;
 ``PETSEG_CALIBRATION_DATA``, else ``dataset/oxford-iiit-pet`` (where ``petseg-train --download`` puts it). 40
 photos spread evenly over the list (every breed), resized and normalised exactly as the service does.
+
+Calibration only measures each activation's range, so its result travels without the photos: ``petseg-export
+--calibration`` stores the ranges (ONNX Runtime's calibration cache, a few kB of JSON) in the checkpoint
+(:class:`Int8Calibration`), and a service with no photos quantises from them. The embedded model carries ranges
+measured on the sample's training photos, so int8 needs no dataset on the serving machine.
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -27,7 +34,8 @@ from models.inference import resize_for_model
 from models.onnx_export import INPUT_NAME, normalise_pixels, quiet_loggers, read_metadata, set_metadata
 
 __all__ = ["CALIBRATION_ENV", "CALIBRATION_PHOTOS", "DEFAULT_CALIBRATION", "QUANTISATION", "CalibrationError",
-           "calibration_digest", "calibration_photos", "calibration_source", "quantize_int8"]
+           "Int8Calibration", "calibration_configured", "calibration_digest", "calibration_photos",
+           "calibration_source", "check_int8_possible", "graph_fingerprint", "measure_ranges", "quantize_int8"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,78 @@ _PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 class CalibrationError(ValueError):
     """No calibration photos where they were looked for."""
+
+
+@dataclass(frozen=True)
+class Int8Calibration:
+    """Activation ranges measured on calibration photos: what int8 needs from them, stored in a checkpoint.
+
+    ``ranges`` is ONNX Runtime's calibration cache (JSON text) keyed by the tensor names of the fp32 ONNX graph
+    whose structure ``graph`` fingerprints; ``weights`` is the digest of the weights they were measured with. Ranges
+    are applied only where both match, so another exporter's graph or retrained weights never get stale ranges."""
+
+    ranges: str
+    photos: str  # how many photos, and which
+    graph: str
+    weights: str
+    recipe: str = QUANTISATION
+
+    def to_dict(self) -> dict[str, str]:
+        return {"ranges": self.ranges, "photos": self.photos, "graph": self.graph, "weights": self.weights,
+                "recipe": self.recipe}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> Int8Calibration | None:
+        """The calibration a checkpoint carries, or None (older checkpoints, or another quantisation recipe)."""
+        if not raw or raw.get("recipe") != QUANTISATION:
+            return None
+        try:
+            return cls(ranges=str(raw["ranges"]), photos=str(raw["photos"]), graph=str(raw["graph"]),
+                       weights=str(raw["weights"]))
+        except KeyError:
+            return None
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(f"{self.recipe}|{self.graph}|{self.weights}|{self.ranges}".encode()).hexdigest()
+
+    def check_fits(self, fp32_model: Path, checkpoint: Checkpoint) -> None:
+        """``CalibrationError`` unless these ranges were measured on this graph with these weights."""
+        if self.weights != checkpoint.weights_digest():
+            raise CalibrationError(f"the checkpoint's int8 ranges were measured with other weights: set "
+                                   f"{CALIBRATION_ENV} to training photos to calibrate again")
+        if self.graph != graph_fingerprint(fp32_model):
+            raise CalibrationError(f"the checkpoint's int8 ranges were measured on another ONNX export of the model "
+                                   f"(another torch version?): set {CALIBRATION_ENV} to training photos to calibrate "
+                                   f"again")
+
+
+def graph_fingerprint(onnx_file: Path) -> str:
+    """The structure of an ONNX graph (every node's type, inputs and outputs, by name), not its weights' values."""
+    import onnx
+
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    digest = hashlib.sha256()
+    for node in graph.node:
+        digest.update(f"{node.op_type}({','.join(node.input)})->{','.join(node.output)};".encode())
+    return digest.hexdigest()
+
+
+def calibration_configured(configured: str | os.PathLike[str] | None = None) -> bool:
+    """Whether calibration photos were named (argument or ``PETSEG_CALIBRATION_DATA``), which then take precedence
+    over the ranges a checkpoint carries."""
+    return bool(str(configured or "").strip() or os.environ.get(CALIBRATION_ENV, "").strip())
+
+
+def check_int8_possible(checkpoint: Checkpoint, configured: str | os.PathLike[str] | None = None) -> None:
+    """``CalibrationError`` unless int8 has what it needs: calibration photos (named, or in the default folder) or
+    ranges in the checkpoint measured with its weights."""
+    carried = Int8Calibration.from_dict(checkpoint.int8_calibration)
+    if calibration_configured(configured) or carried is None:
+        calibration_photos(calibration_source(configured))
+    elif carried.weights != checkpoint.weights_digest():
+        raise CalibrationError(f"the checkpoint's int8 ranges were measured with other weights: set "
+                               f"{CALIBRATION_ENV} to training photos to calibrate again")
 
 
 def calibration_source(configured: str | os.PathLike[str] | None = None) -> Path:
@@ -101,28 +181,62 @@ class _Reader:
         raise NotImplementedError
 
 
-def quantize_int8(fp32_model: Path, out: Path, checkpoint: Checkpoint, photos: Sequence[Path]) -> Path:
-    """Quantise the exported fp32 model at ``fp32_model`` to ``out`` (written atomically); returns ``out``."""
+def describe_photos(photos: Sequence[Path]) -> str:
+    return f"{len(photos)} photos: " + ", ".join(p.stem for p in photos)
+
+
+def quantize_int8(fp32_model: Path, out: Path, checkpoint: Checkpoint, photos: Sequence[Path] = (), *,
+                  ranges: Int8Calibration | None = None) -> Int8Calibration:
+    """Quantise the exported fp32 model at ``fp32_model`` to ``out`` (written atomically), calibrated on ``photos``
+    or, without photos, from measured ``ranges`` (which must fit this graph and these weights).
+
+    Returns the calibration used, ranges included, so that it can be stored in the checkpoint."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    if not photos and ranges is None:
+        raise CalibrationError("int8 needs calibration photos or measured ranges; neither was given")
+    if not photos:
+        assert ranges is not None
+        ranges.check_fits(fp32_model, checkpoint)
     model = onnx.load(str(fp32_model))
     sigmoids = [node.name for node in model.graph.node if node.op_type == "Sigmoid"]
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="petseg-int8-", dir=out.parent) as tmp:
-        quantised = Path(tmp) / out.name
+        quantised, cache = Path(tmp) / out.name, Path(tmp) / "ranges.json"
+        reader = _Reader(calibration_batches(photos, checkpoint)) if photos else None
+        if ranges is not None and not photos:
+            cache.write_text(ranges.ranges)  # ONNX Runtime finds the cache and skips calibration
         with quiet_loggers(""):  # the quantiser logs a line per widened bias scale to the root logger
-            quantize_static(str(fp32_model), str(quantised), _Reader(calibration_batches(photos, checkpoint)),
+            quantize_static(str(fp32_model), str(quantised), reader, calibration_cache_path=str(cache),
                             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                             nodes_to_exclude=sigmoids)
+        used = ranges if not photos else Int8Calibration(
+            ranges=cache.read_text(), photos=describe_photos(photos), graph=graph_fingerprint(fp32_model),
+            weights=checkpoint.weights_digest())
+        assert used is not None
         result = onnx.load(str(quantised))
         metadata = read_metadata(model)
         metadata.update({"petseg.precision": "int8", "petseg.quantisation": QUANTISATION,
-                         "petseg.calibration": f"{len(photos)} photos: " + ", ".join(p.stem for p in photos)})
+                         "petseg.calibration": used.photos})
         set_metadata(result, metadata)
         onnx.save(result, str(quantised))
         os.replace(quantised, out)
-    log.info("quantised %s to int8 (calibrated on %d photos): %.1f MB", checkpoint.arch, len(photos),
+    log.info("quantised %s to int8 (%s %s): %.1f MB", checkpoint.arch,
+             "calibrated on" if photos else "with the checkpoint's ranges from", used.photos.split(":")[0],
              out.stat().st_size / 1e6)
-    return out
+    return used
+
+
+def describe_photos(photos: Sequence[Path]) -> str:
+    return f"{len(photos)} photos: " + ", ".join(p.stem for p in photos)
+
+
+def measure_ranges(checkpoint: Checkpoint, photos: Sequence[Path]) -> Int8Calibration:
+    """Export ``checkpoint`` to ONNX and measure its activation ranges on ``photos``, to be stored in it."""
+    from models.onnx_export import build_onnx, save_onnx
+
+    with tempfile.TemporaryDirectory(prefix="petseg-ranges-") as tmp:
+        fp32 = save_onnx(build_onnx(checkpoint), Path(tmp) / "fp32.onnx")
+        return quantize_int8(fp32, Path(tmp) / "int8.onnx", checkpoint, photos)

@@ -93,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
                    help="ONNX only: int8 = static quantisation calibrated on --calibration photos")
     p.add_argument("--calibration", default=None,
-                   help="int8: an Oxford-IIIT Pet root (its train split) or a folder of training photos "
-                        "(default $PETSEG_CALIBRATION_DATA, else dataset/oxford-iiit-pet)")
+                   help="int8 calibration photos: an Oxford-IIIT Pet root (its train split) or a folder of "
+                        "training photos (default $PETSEG_CALIBRATION_DATA, else dataset/oxford-iiit-pet). With "
+                        "--format checkpoint: measure the int8 activation ranges on them and store them in the "
+                        "checkpoint, so int8 can be served where the photos are not")
     p.add_argument("--interpolate", default=None, metavar="CKPT:WEIGHT",
                    help="average the weights with another checkpoint of the same architecture: (1 - WEIGHT) * "
                         "--model + WEIGHT * CKPT (e.g. a fine-tuned run and the model it started from: WiSE-FT)")
@@ -104,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.format == "onnx" and args.half:
         p.error("--half applies to checkpoints; the ONNX model is fp32 (or --precision int8)")
-    if args.format == "checkpoint" and (args.precision != "fp32" or args.calibration):
-        p.error("--precision and --calibration apply to --format onnx")
+    if args.format == "checkpoint" and args.precision != "fp32":
+        p.error("--precision applies to --format onnx (a checkpoint takes --calibration to carry int8 ranges)")
     setup_logging()
 
     def run() -> int:
@@ -118,12 +120,33 @@ def main(argv: list[str] | None = None) -> int:
             return export_onnx_file(checkpoint, Path(args.model), Path(args.out), args.precision, args.calibration)
         exported = checkpoint.half() if args.half else checkpoint
         exported.training_state = None
+        exported.int8_calibration = int8_ranges_for(exported, args.calibration)
         path = save_checkpoint(exported, args.out)
         log.info("exported %s (epoch %d, val Dice %.4f) to %s: %.1f MB", checkpoint.arch, checkpoint.epoch,
                  checkpoint.metrics.get("val_dice", float("nan")), path, path.stat().st_size / 1e6)
         return 0
 
     return run_cli(run)
+
+
+def int8_ranges_for(checkpoint: Checkpoint, calibration: str | None) -> dict[str, str]:
+    """The int8 ranges to store: measured on ``calibration`` photos when given, else the ones the checkpoint
+    already carries if its weights are still those they were measured with, else none."""
+    from models.quantize import Int8Calibration, calibration_photos, calibration_source, measure_ranges
+
+    if calibration:
+        if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None:
+            raise ValueError("measuring int8 ranges needs the ONNX exporter and ONNX Runtime: "
+                             "pip install 'petseg[onnx]'")
+        photos = calibration_photos(calibration_source(calibration))
+        log.info("measuring int8 activation ranges on %d photos from %s", len(photos), calibration)
+        return measure_ranges(checkpoint, photos).to_dict()
+    carried = Int8Calibration.from_dict(checkpoint.int8_calibration)
+    if carried is not None and carried.weights != checkpoint.weights_digest():
+        log.info("dropping the int8 ranges the checkpoint carried: its weights changed (--calibration measures "
+                 "new ones)")
+        return {}
+    return carried.to_dict() if carried is not None else {}
 
 
 def export_onnx_file(checkpoint: Checkpoint, source: Path, out: Path, precision: str,
