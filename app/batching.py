@@ -31,6 +31,7 @@ import torch
 
 from app.cores import CoreShare, usable_cores
 from app.errors import ApiError
+from models.runtime import use_intra_op_threads
 
 __all__ = ["BatchRunner"]
 
@@ -285,7 +286,8 @@ class BatchRunner:
 
 def _use_threads(wanted: int, current: int | None) -> int:
     """Set this thread's intra-op thread count. OpenMP keeps the count per thread, so lanes do not disturb each
-    other; torch also records it as the default for threads that have not run a kernel yet."""
-    if wanted != current:
-        torch.set_num_threads(wanted)
+    other; but torch also records it as the default for threads that have not run a kernel yet, and may reset a
+    thread to that default at its first kernel, so the count is checked before every pass, not only on change."""
+    del current
+    use_intra_op_threads(wanted)
     return wanted

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from models.inference import Segmenter, SegmenterBase, load_for_inference
-from models.runtime import cpu_supports_bf16, resolve_device, resolve_precision
+from models.runtime import cpu_has_amx, resolve_device, resolve_precision
 
 __all__ = ["ENGINE_PRECISIONS", "RUNTIMES", "EngineChoice", "auto_engine", "installed_runtimes", "open_segmenter",
            "resolve_engine"]
@@ -49,31 +49,32 @@ def installed_runtimes() -> set[str]:
     return found
 
 
-def auto_engine(device: torch.device, *, native_bf16: bool, installed: Collection[str],
-                fastest_without_bf16: tuple[str, str] = ("torch", "auto")) -> EngineChoice:
-    """The rule behind ``PETSEG_RUNTIME=auto``: GPUs and CPUs with native bf16 keep the PyTorch engine; on other CPUs,
-    ``fastest_without_bf16`` (runtime, precision), when its package is installed.
+def auto_engine(device: torch.device, *, amx: bool, installed: Collection[str],
+                fastest_without_amx: tuple[str, str] = ("openvino", "int8")) -> EngineChoice:
+    """The rule behind ``PETSEG_RUNTIME=auto``: GPUs and CPUs with AMX keep the PyTorch engine; other CPUs take
+    ``fastest_without_amx`` (runtime, precision) when its package is installed.
 
-    Based on ResNet34_UNet at 192x192, batch 1, all cores, each set from one run on its machine:
-    - a 2-core Xeon with AMX/AVX512_BF16: the PyTorch engine in bf16, compiled, 7.8-8.4x plain PyTorch (no other
-      runtime measured there); bf16 halves the bytes moved and AMX computes it natively, which neither ONNX Runtime's
-      nor OpenVINO's fp32 paths match;
-    - a 2-core AMD EPYC (Zen 3, AVX2, no AVX-512, no bf16): the compiled PyTorch engine 106.5 ms, ONNX Runtime fp32
-      94.7, OpenVINO fp32 99.0; ONNX Runtime int8 (static QDQ, 40 calibration photos) 57.5 ms against 91.8 fp32 in
-      its run, with the same validation Dice.
-    So on CPUs without native bf16 the fastest measured path is ONNX Runtime int8, once its accuracy gate holds
-    (tests/models/test_int8.py) and this project's bench (``bench/run.py``, runtime rows) confirms the speed in its
-    own run. Until then the default keeps the PyTorch engine everywhere, as before these runtimes existed.
+    Measured with ResNet34_UNet at 192x192 on three 2-core CPU kinds (each line from one run on its machine; img/s):
+    - Xeon with AMX: the PyTorch engine in bf16, compiled, 7.8-8.4x plain PyTorch (no other runtime measured there):
+      AMX computes bf16 matrix tiles natively, which neither ONNX Runtime's nor OpenVINO's fp32 paths match.
+    - AMD EPYC Zen 4 (AVX-512 with AVX512_BF16 and VNNI, no AMX): engines at batch 1, PyTorch bf16 28.2, ONNX
+      Runtime fp32 13.0, OpenVINO int8 27.9; through the service at concurrency 4, OpenVINO int8 46.1 against
+      PyTorch bf16 26.5 (1.74x): int8 with VNNI beats bf16 without AMX, and OpenVINO's streams suit the lanes.
+    - AMD EPYC Zen 3 (AVX2 only, no bf16): plain PyTorch 5.28, PyTorch engine 7.64, ONNX Runtime fp32 8.57,
+      ONNX Runtime int8 8.92, OpenVINO fp32 7.46, OpenVINO int8 15.11.
+    int8 stays within the 0.005 Dice gate of fp32 on the validation photos (tests/models/test_int8.py). It needs
+    activation ranges: the checkpoint's own (``petseg-export --calibration``; the embedded model carries them) or
+    calibration photos; where there are neither, :func:`open_segmenter` falls back to the PyTorch engine.
     """
     if device.type != "cpu":
         return EngineChoice("torch", "auto", f"{device.type}: the PyTorch engine (cuDNN)")
-    if native_bf16:
-        return EngineChoice("torch", "auto", "CPU with native bf16 (AVX512_BF16/AMX): PyTorch bf16 is fastest")
-    runtime, precision = fastest_without_bf16
+    if amx:
+        return EngineChoice("torch", "auto", "CPU with AMX: PyTorch bf16 is fastest")
+    runtime, precision = fastest_without_amx
     if runtime != "torch" and runtime not in installed:
-        return EngineChoice("torch", "auto", f"CPU without native bf16; {runtime} would be faster but is not "
+        return EngineChoice("torch", "auto", f"CPU without AMX; {runtime} {precision} would be faster but is not "
                                              f"installed (pip install 'petseg[{_EXTRA[runtime]}]')")
-    return EngineChoice(runtime, precision, "CPU without native bf16: the fastest measured path")
+    return EngineChoice(runtime, precision, f"CPU without AMX: {runtime} {precision} is the fastest measured path")
 
 
 def resolve_engine(runtime: str, precision: str, device: str | torch.device = "auto",
@@ -110,16 +111,13 @@ def resolve_engine(runtime: str, precision: str, device: str | torch.device = "a
 def _auto_with_precision(device: torch.device, precision: str, installed: Collection[str]) -> EngineChoice:
     """``auto`` runtime: the rule, unless the precision asked for decides (int8 and bf16/fp16 run on one side)."""
     if precision == "int8":
-        for runtime in ("onnxruntime", "openvino"):
+        for runtime in ("openvino", "onnxruntime"):  # OpenVINO's int8 measured faster on every CPU kind
             if runtime in installed:
                 return EngineChoice(runtime, "int8", "int8 asked for")
         raise ValueError("int8 needs the onnxruntime or openvino runtime: pip install 'petseg[onnx]'")
-    choice = auto_engine(device, native_bf16=cpu_supports_bf16(), installed=installed)
-    if precision == "auto":
-        return choice
-    if precision in ("bf16", "fp16"):
+    if precision != "auto":  # fp32, bf16 or fp16: the PyTorch engine, the reference
         return EngineChoice("torch", precision, f"{precision} asked for: the PyTorch engine")
-    return EngineChoice(choice.runtime, precision, choice.reason)
+    return auto_engine(device, amx=cpu_has_amx(), installed=installed)
 
 
 def open_segmenter(path: str | os.PathLike[str], *, runtime: str = "auto", device: str = "auto",
@@ -128,21 +126,26 @@ def open_segmenter(path: str | os.PathLike[str], *, runtime: str = "auto", devic
     """Load a checkpoint into the engine ``runtime`` and ``precision`` resolve to (see :func:`resolve_engine`).
 
     ``compile`` applies to the PyTorch engine; ``calibration`` (photos for int8) to the exported ones. An int8
-    that ``auto`` chose falls back to fp32 when there are no calibration photos; one asked for fails."""
+    that ``auto`` chose falls back to the PyTorch engine when there are neither calibration photos nor ranges in
+    the checkpoint; one asked for fails."""
     choice = resolve_engine(runtime, precision, device)
     log.info("runtime %s, precision %s (%s)", choice.runtime, choice.precision, choice.reason)
     if choice.runtime == "torch":
         return Segmenter.from_file(path, device=device, precision=choice.precision, compile=compile,
                                    allow_untrained=allow_untrained)
     from models.exported import ExportedSegmenter
-    from models.quantize import CalibrationError
+    from models.quantize import CalibrationError, check_int8_possible
 
     checkpoint = load_for_inference(path, allow_untrained=allow_untrained)
+    chosen_by_auto = runtime.strip().lower() == "auto" and precision.strip().lower() == "auto"
     try:
+        if choice.precision == "int8":
+            check_int8_possible(checkpoint, calibration)  # before the export, which takes tens of seconds
         return ExportedSegmenter(checkpoint, runtime=choice.runtime, precision=choice.precision,
                                  checkpoint_path=path, calibration=calibration)
     except CalibrationError as exc:
-        if runtime.strip().lower() != "auto" or precision.strip().lower() != "auto":
+        if not chosen_by_auto:
             raise
-        log.warning("%s; serving %s fp32 instead", exc, choice.runtime)
-        return ExportedSegmenter(checkpoint, runtime=choice.runtime, precision="fp32", checkpoint_path=path)
+        log.warning("%s; serving with the PyTorch engine instead", exc)
+        return Segmenter.from_file(path, device=device, precision="auto", compile=compile,
+                                   allow_untrained=allow_untrained)

@@ -5,13 +5,13 @@ The model is exported from the checkpoint at start-up (``models.onnx_export``) a
 start pays for them. ``forward`` takes the (B, 3, S, S) uint8 batches that ``preprocess`` makes (or normalised
 float batches) and returns (B, S, S) probabilities, like :class:`models.inference.Segmenter`.
 
-Threads: the service's model lanes set each pass's thread count on the calling thread (``torch.set_num_threads``);
+Threads: the service's model lanes set each pass's thread count on the calling thread
+(``models.runtime.use_intra_op_threads``);
 these runtimes fix theirs when a session (ONNX Runtime) or compiled model (OpenVINO) is built, so one is built per
 thread count asked for, during warm-up, and each pass uses the one for its count.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -28,6 +28,7 @@ from models.checkpoint import Checkpoint, file_sha256
 from models.export_cache import cached_file
 from models.inference import SegmenterBase, SegmenterInfo, noise_batch
 from models.onnx_export import INPUT_NAME, OUTPUT_NAME, build_onnx, folded_fp32_model, normalise_pixels, save_onnx
+from models.runtime import intra_op_threads
 
 __all__ = ["EXPORTED_RUNTIMES", "ExportedSegmenter", "exported_model"]
 
@@ -55,7 +56,7 @@ class ExportedSegmenter(SegmenterBase):
         sha256 = file_sha256(path) if path else None
         self._scratch: tempfile.TemporaryDirectory[str] | None = None  # only when the cache cannot be written
         started = time.perf_counter()
-        model_file = exported_model(checkpoint, sha256 or _state_digest(checkpoint), precision, calibration,
+        model_file = exported_model(checkpoint, sha256 or checkpoint.weights_digest(), precision, calibration,
                                     scratch=self._scratch_dir)
         log.info("%s model ready in %.1fs: %s", precision, time.perf_counter() - started, model_file)
         self._backend: _Backend = (_OnnxRuntime(model_file) if runtime == "onnxruntime"
@@ -77,7 +78,7 @@ class ExportedSegmenter(SegmenterBase):
             inputs = normalise_pixels(batch.numpy(), self.checkpoint.mean, self.checkpoint.std)
         else:
             inputs = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
-        probs = self._backend.run(inputs, torch.get_num_threads())
+        probs = self._backend.run(inputs, intra_op_threads())
         return torch.from_numpy(probs[:, 0])
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> float:
@@ -85,7 +86,7 @@ class ExportedSegmenter(SegmenterBase):
         for size in dict.fromkeys(batch_sizes):
             self.forward(noise_batch((size, 3, self.image_size, self.image_size)))
         elapsed = time.perf_counter() - started
-        count = torch.get_num_threads()
+        count = intra_op_threads()
         log.info("warm-up on %s %s (%s, %d thread%s) took %.2fs", self.runtime, self.device, self.precision, count,
                  "s" if count != 1 else "", elapsed)
         return elapsed
@@ -104,8 +105,13 @@ def exported_model(checkpoint: Checkpoint, key: str, precision: str,
     fp32 = _cached_or_scratch(f"{stem}-fp32.onnx", export, scratch)
     if precision == "fp32":
         return fp32
-    from models.quantize import calibration_digest, calibration_photos, calibration_source, quantize_int8
+    from models.quantize import (Int8Calibration, calibration_configured, calibration_digest, calibration_photos,
+                                 calibration_source, quantize_int8)
 
+    carried = Int8Calibration.from_dict(checkpoint.int8_calibration)
+    if carried is not None and not calibration_configured(calibration):
+        name = f"{stem}-int8-ranges-{carried.digest[:12]}.onnx"
+        return _cached_or_scratch(name, lambda path: quantize_int8(fp32, path, checkpoint, ranges=carried), scratch)
     photos = calibration_photos(calibration_source(calibration))
     name = f"{stem}-int8-{calibration_digest(photos)[:12]}.onnx"
     return _cached_or_scratch(name, lambda path: quantize_int8(fp32, path, checkpoint, photos), scratch)
@@ -117,15 +123,6 @@ def _cached_or_scratch(name: str, build: Callable[[Path], Any], scratch: Callabl
         path = scratch() / name
         build(path)
     return path
-
-
-def _state_digest(checkpoint: Checkpoint) -> str:
-    """A checkpoint held in memory (no file to hash): the sha256 of its architecture, size and weights."""
-    digest = hashlib.sha256(f"{checkpoint.arch}:{checkpoint.image_size}".encode())
-    for name, tensor in sorted(checkpoint.model_state.items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _folded_parameters(checkpoint: Checkpoint) -> int:

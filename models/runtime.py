@@ -8,13 +8,15 @@ import logging
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-__all__ = ["COMPILE_MODES", "PRECISIONS", "autocast", "cpu_supports_bf16", "dtype_of", "has_cpp_compiler",
-           "keep_freed_memory", "resolve_compile", "resolve_device", "resolve_precision"]
+__all__ = ["COMPILE_MODES", "PRECISIONS", "autocast", "cpu_has_amx", "cpu_supports_bf16", "dtype_of",
+           "has_cpp_compiler", "intra_op_threads", "keep_freed_memory", "resolve_compile", "resolve_device",
+           "resolve_precision", "use_intra_op_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +43,42 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+_lane = threading.local()
+
+
+def use_intra_op_threads(count: int) -> None:
+    """Run this thread's forward passes on ``count`` threads: torch's OpenMP count, and the count the exported
+    runtimes (ONNX Runtime, OpenVINO) read with :func:`intra_op_threads`. torch may re-initialise a thread's OpenMP
+    count from the process-wide one at its first kernel, so the exported runtimes do not rely on it."""
+    _lane.threads = count
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+
+
+def intra_op_threads() -> int:
+    """The count :func:`use_intra_op_threads` set on this thread, else torch's for it."""
+    return getattr(_lane, "threads", None) or torch.get_num_threads()
+
+
 @functools.lru_cache(maxsize=1)
-def cpu_supports_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512_BF16 or AMX), so bf16 autocast is a speed-up."""
-    flags = ""
+def _cpu_flags() -> frozenset[str]:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         for line in cpuinfo.read_text(errors="ignore").splitlines():
             if line.startswith("flags"):
-                flags = line
-                break
-    native = any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+                return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def cpu_has_amx() -> bool:
+    """True on CPUs with AMX tiles for bf16 (Xeon Sapphire Rapids and later), where bf16 matrix work is fastest."""
+    return "amx_bf16" in _cpu_flags() and cpu_supports_bf16()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512_BF16 or AMX), so bf16 autocast is a speed-up."""
+    native = bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
     mkldnn_ok = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
     return native and mkldnn_ok
 

@@ -10,34 +10,41 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 ALL = {"torch", "onnxruntime", "openvino"}
 
 
-def test_auto_keeps_the_torch_engine_on_gpus_and_on_cpus_with_native_bf16() -> None:
-    faster = ("onnxruntime", "int8")
-    assert auto_engine(CUDA, native_bf16=False, installed=ALL, fastest_without_bf16=faster).runtime == "torch"
-    choice = auto_engine(CPU, native_bf16=True, installed=ALL, fastest_without_bf16=faster)
+def test_auto_keeps_the_torch_engine_on_gpus_and_on_cpus_with_amx() -> None:
+    assert auto_engine(CUDA, amx=False, installed=ALL).runtime == "torch"
+    choice = auto_engine(CPU, amx=True, installed=ALL)
     assert (choice.runtime, choice.precision) == ("torch", "auto")
-    assert "native bf16" in choice.reason
+    assert "AMX" in choice.reason
 
 
-def test_auto_takes_the_fastest_measured_path_on_cpus_without_bf16_when_installed() -> None:
-    choice = auto_engine(CPU, native_bf16=False, installed=ALL, fastest_without_bf16=("onnxruntime", "int8"))
-    assert (choice.runtime, choice.precision) == ("onnxruntime", "int8")
+def test_auto_takes_openvino_int8_on_cpus_without_amx() -> None:
+    choice = auto_engine(CPU, amx=False, installed=ALL)
+    assert (choice.runtime, choice.precision) == ("openvino", "int8")
+    assert "without AMX" in choice.reason
 
 
 def test_auto_falls_back_to_torch_when_the_faster_runtime_is_not_installed() -> None:
-    choice = auto_engine(CPU, native_bf16=False, installed={"torch"}, fastest_without_bf16=("openvino", "int8"))
+    choice = auto_engine(CPU, amx=False, installed={"torch", "onnxruntime"})
     assert choice.runtime == "torch"
     assert "petseg[openvino]" in choice.reason
 
 
-def test_auto_keeps_todays_behaviour_until_measured() -> None:
+@pytest.mark.parametrize(("amx", "expected"), [(True, ("torch", "auto")), (False, ("openvino", "int8"))])
+def test_auto_follows_the_cpu(amx: bool, expected: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("models.engines.cpu_has_amx", lambda: amx)
     choice = resolve_engine("auto", "auto", "cpu", installed=ALL)
-    assert (choice.runtime, choice.precision) == ("torch", "auto")
+    assert (choice.runtime, choice.precision) == expected
+
+
+def test_int8_asked_for_with_auto_runtime_prefers_openvino_then_onnxruntime() -> None:
+    assert resolve_engine("auto", "int8", "cpu", installed=ALL).runtime == "openvino"
+    assert resolve_engine("auto", "int8", "cpu", installed={"torch", "onnxruntime"}).runtime == "onnxruntime"
 
 
 @pytest.mark.parametrize(("runtime", "precision", "expected"), [
     ("onnxruntime", "auto", ("onnxruntime", "fp32")),
     (" OpenVINO ", "INT8", ("openvino", "int8")),
-    ("auto", "int8", ("onnxruntime", "int8")),
+    ("auto", "int8", ("openvino", "int8")),
     ("auto", "fp32", ("torch", "fp32")),
     ("torch", "fp32", ("torch", "fp32")),
 ])

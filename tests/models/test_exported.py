@@ -12,6 +12,7 @@ import torch
 from models.checkpoint import file_sha256, load_checkpoint
 from models.engines import installed_runtimes, open_segmenter
 from models.inference import Segmenter
+from models.runtime import use_intra_op_threads
 from tests.factories import blob_image
 
 pytestmark = pytest.mark.usefixtures("export_cache")
@@ -52,7 +53,7 @@ def test_exported_engine_runs_each_lane_with_its_own_thread_count(runtime: str, 
     results: dict[int, torch.Tensor] = {}
 
     def lane(threads: int) -> None:
-        torch.set_num_threads(threads)  # as app.batching sets it on each model lane
+        use_intra_op_threads(threads)  # as app.batching sets it on each model lane
         engine.warmup((1,))
         results[threads] = engine.forward(batch)
 
