@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.blobs import DEFAULT_MIN_BLOB_RATIO
+
 __all__ = ["DEFAULT_CHECKPOINT", "DEFAULT_MODEL_NAME", "Settings", "SettingsError", "load_settings"]
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "weights" / "default.pt"
@@ -37,10 +39,14 @@ class Settings(BaseSettings):
         "auto", description="inference precision; int8 on the onnxruntime and openvino runtimes")
     calibration_data: Path | None = Field(
         None, description="int8 calibration photos: an Oxford-IIIT Pet root (its train split) or a folder of photos; "
-                          "default dataset/oxford-iiit-pet")
+                          "when unset, the int8 ranges stored in the checkpoint, else dataset/oxford-iiit-pet")
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="torch.compile the model at start-up; auto = on the CPU when a C++ compiler exists")
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="default probability threshold for the mask")
+    min_blob_ratio: float = Field(
+        DEFAULT_MIN_BLOB_RATIO, ge=0.0, le=1.0,
+        description="drop detached regions of the mask smaller than this share of the largest one (false alarms on "
+                    "furniture, pavement, plants; models.blobs); 0 keeps every region")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted request body")
     max_pixels: int = Field(50_000_000, gt=0, description="largest accepted image, width x height")
     max_batch: int = Field(0, ge=0, le=256, description="micro-batch size; 0 = auto (1 on CPU, 8 on GPU)")

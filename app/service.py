@@ -16,6 +16,7 @@ from app.compose import Box
 from app.imaging import DecodedImage, decode_ground_truth, decode_image, encode_mask_png
 from app.model_set import ModelSet
 from app.postprocess import dice_score, to_full_size
+from models.blobs import drop_small_blobs
 from app.rendering import OUTPUTS, RenderRequest
 from models.checkpoint import CheckpointError
 from models.engines import open_segmenter
@@ -147,6 +148,7 @@ class SegmentationService:
                 options: RenderRequest, background: np.ndarray | None
                 ) -> tuple[float, float, float | None, bytes, rendering.Rendered]:
         self._mark_request_thread()
+        prob_small = drop_small_blobs(prob_small, threshold, self.settings.min_blob_ratio)
         prediction = to_full_size(prob_small, (decoded.width, decoded.height), threshold)
         dice = dice_score(prediction.mask_bool, truth) if truth is not None else None
         mask_png = encode_mask_png(prediction.mask)

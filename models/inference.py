@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.blobs import drop_small_blobs
 from models.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
 from models.fusion import fold_batchnorm
 from models.runtime import dtype_of, keep_freed_memory, resolve_compile, resolve_device, resolve_precision
@@ -78,6 +79,10 @@ class SegmenterBase:
     runtime: str
     image_size: int
     info: SegmenterInfo
+    # predict/predict_batch drop detached regions smaller than this share of the largest (models.blobs) at this
+    # threshold; 0 = the model's map untouched. forward never does.
+    min_blob_ratio: float = 0.0
+    blob_threshold: float = 0.5
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """HxWx3 uint8 -> (3, S, S) uint8 tensor at the model's input size (as training resizes: INTER_AREA).
@@ -105,7 +110,7 @@ class SegmenterBase:
         if not images:
             return []
         batch = torch.stack([self.preprocess(image) for image in images])
-        probs = self.forward(batch).numpy()
+        probs = [drop_small_blobs(p, self.blob_threshold, self.min_blob_ratio) for p in self.forward(batch).numpy()]
         sizes = output_sizes or [(image.shape[1], image.shape[0]) for image in images]
         return [self.resize_probability(p, size) for p, size in zip(probs, sizes, strict=True)]
 

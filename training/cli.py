@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from models.blobs import DEFAULT_MIN_BLOB_RATIO
 from models.checkpoint import CheckpointError
 from models.engines import ENGINE_PRECISIONS, RUNTIMES, open_segmenter
 from models.inference import SegmenterBase
@@ -73,13 +74,32 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", choices=("auto", "on", "off"),
                         default=_env("PETSEG_COMPILE", "auto"),
                         help=f"torch.compile the model; auto = on the CPU for runs of {COMPILE_MIN_IMAGES}+ images")
+    parser.add_argument("--min-blob-ratio", type=_blob_ratio,
+                        default=os.environ.get("PETSEG_MIN_BLOB_RATIO", "").strip() or str(DEFAULT_MIN_BLOB_RATIO),
+                        help="drop detached regions of the mask smaller than this share of the largest one, as the "
+                             f"service does (default $PETSEG_MIN_BLOB_RATIO, else {DEFAULT_MIN_BLOB_RATIO}; 0 keeps "
+                             "every region)")
+
+
+def _blob_ratio(text: str | float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, not {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, not {text!r}")
+    return value
 
 
 def open_engine(args: argparse.Namespace, model: str | os.PathLike[str], images: int) -> SegmenterBase:
-    """The engine the inference flags ask for (``add_inference_flags``), for a run of ``images`` images."""
-    return open_segmenter(model, runtime=args.runtime, device=args.device, precision=args.precision,
-                          compile=compile_mode_for(args.compile, images), allow_untrained=True,
-                          calibration=args.calibration)
+    """The engine the inference flags ask for (``add_inference_flags``), for a run of ``images`` images; its
+    ``predict`` drops small blobs at ``--threshold`` as the service does."""
+    segmenter = open_segmenter(model, runtime=args.runtime, device=args.device, precision=args.precision,
+                               compile=compile_mode_for(args.compile, images), allow_untrained=True,
+                               calibration=args.calibration)
+    segmenter.min_blob_ratio = args.min_blob_ratio
+    segmenter.blob_threshold = getattr(args, "threshold", 0.5)
+    return segmenter
 
 
 def compile_mode_for(requested: str, images: int) -> str:

@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from models.blobs import DEFAULT_MIN_BLOB_RATIO
 from models.inference import Segmenter
 from training.cli import run_cli, setup_logging
 from training.data import list_split
@@ -54,6 +55,7 @@ def run_cross_validation(args, progress: bool) -> dict[str, object]:  # noqa: AN
         fit(config, progress=progress)
         samples = list_split(Path(args.data_path), "valid", args.folds, fold)
         segmenter = Segmenter.from_file(Path(config.out) / "best.pt", device=args.device, precision="fp32")
+        segmenter.min_blob_ratio = DEFAULT_MIN_BLOB_RATIO  # scored as the service serves it
         evaluate(segmenter, samples, batch_size=args.batch_size, border_is_pet=config.border_is_pet,
                  progress=progress, label=f"fold {fold}", into=pooled)
         fold_of.update({s.name: fold for s in samples})
@@ -73,6 +75,7 @@ def _draw_worst(report: dict, args, root: Path) -> None:  # noqa: ANN001
         fold = report["fold_of"][str(row["name"])]
         if fold not in models:
             models[fold] = Segmenter.from_file(root / f"fold{fold}" / "best.pt", device=args.device, precision="fp32")
+            models[fold].min_blob_ratio = DEFAULT_MIN_BLOB_RATIO
         rows.append((samples[str(row["name"])], float(row["dice"]), models[fold]))
     draw_worst(rows, root / "cv_worst.png", report["config"]["border_is_pet"],
                title=f"{args.folds}-fold CV: worst held-out images")

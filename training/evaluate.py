@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         report = {"checkpoint": str(args.model), "arch": segmenter.info.arch, "split": args.split,
                   "data_path": str(args.data_path), "threshold": args.threshold, "border_is_pet": border,
                   "runtime": segmenter.runtime, "precision": segmenter.precision, "refine": args.refine,
+                  "min_blob_ratio": args.min_blob_ratio,
                   **evaluation.report(args.worst)}
         if args.background_crops:
             report["background_crops"] = background_false_positives(segmenter, samples, threshold=args.threshold)
