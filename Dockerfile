@@ -22,11 +22,14 @@ WORKDIR /opt/petseg
 # Dependency layer, rebuilt only when pyproject.toml or README.md change. Empty stand-in packages let
 # `pip install .` resolve and install every dependency; the stand-in distribution is then removed. torch is NOT
 # downloaded again: the base image's CUDA build already satisfies torch>=2.4, and pip leaves satisfied
-# requirements alone (never pass --upgrade / --force-reinstall here).
+# requirements alone (never pass --upgrade / --force-reinstall here). The openvino extra (OpenVINO, ONNX Runtime,
+# the ONNX exporter) is what PETSEG_RUNTIME=auto serves with on a CPU without AMX when the image runs without a
+# GPU: int8, 1.7-2x the PyTorch engine there (README, "Runtimes"); the first start on such a host exports the model
+# to ONNX (a minute or so) into the cache under /tmp.
 COPY pyproject.toml README.md ./
 RUN mkdir -p models training app \
     && touch models/__init__.py training/__init__.py app/__init__.py \
-    && pip install . \
+    && pip install ".[openvino]" \
     && pip uninstall -y petseg \
     && rm -rf build models training app ./*.egg-info
 
