@@ -41,9 +41,10 @@ log = logging.getLogger(__name__)
 ONNX_FORMAT = "petseg-onnx/1"
 INPUT_NAME, OUTPUT_NAME = "image", "probability"
 _DIM_NAMES = ("batch", None, "height", "width")
-# The exporter's loggers: a warning per missing torchvision op, progress lines; not news for this model.
+# The exporter's loggers: a warning per missing torchvision op, progress lines, a line per de-duplicated
+# initializer (onnx_ir's passes); not news for this model.
 _NOISY_LOGGERS = ("torch.onnx._internal.exporter._registration", "torch.onnx._internal.exporter._core",
-                  "torch.onnx._internal.exporter._compat", "onnxscript")
+                  "torch.onnx._internal.exporter._compat", "onnxscript", "onnx_ir")
 
 
 class ProbabilityGraph(nn.Module):
