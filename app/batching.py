@@ -208,14 +208,13 @@ class BatchRunner:
             thread.join(timeout_s)
 
     def _run(self, lane: int) -> None:
-        threads_now: int | None = None  # this thread's intra-op thread count, once this lane has set it
         while True:
             item = self._work.take(lane)
             if isinstance(item, _Stop):
                 return
             if isinstance(item, _Call):
                 if item.threads is not None:
-                    threads_now = _use_threads(item.threads, threads_now)
+                    use_intra_op_threads(item.threads)
                 self._run_call(item)
                 continue
             assert isinstance(item, _Job)
@@ -226,7 +225,7 @@ class BatchRunner:
                 continue
             with self.cores.claim(lane, more_waiting=len(self._work) > 0) as threads:
                 if self.lanes > 1:
-                    threads_now = _use_threads(threads, threads_now)
+                    use_intra_op_threads(threads)  # checked before every pass: torch may reset it
                 outcome = self._compute(jobs)
             if lane == 0:  # before answering: a client's next request must find lane 0 free
                 self._work.lane0_idle()
@@ -283,11 +282,3 @@ class BatchRunner:
         for job, prob in zip(jobs, outcome, strict=True):
             job.future.set_result(prob)
 
-
-def _use_threads(wanted: int, current: int | None) -> int:
-    """Set this thread's intra-op thread count. OpenMP keeps the count per thread, so lanes do not disturb each
-    other; but torch also records it as the default for threads that have not run a kernel yet, and may reset a
-    thread to that default at its first kernel, so the count is checked before every pass, not only on change."""
-    del current
-    use_intra_op_threads(wanted)
-    return wanted

@@ -83,11 +83,18 @@ class Int8Calibration:
     def digest(self) -> str:
         return hashlib.sha256(f"{self.recipe}|{self.graph}|{self.weights}|{self.ranges}".encode()).hexdigest()
 
-    def check_fits(self, fp32_model: Path, checkpoint: Checkpoint) -> None:
-        """``CalibrationError`` unless these ranges were measured on this graph with these weights."""
-        if self.weights != checkpoint.weights_digest():
+    def fits_weights(self, checkpoint: Checkpoint) -> bool:
+        return self.weights == checkpoint.weights_digest()
+
+    def check_weights(self, checkpoint: Checkpoint) -> None:
+        """``CalibrationError`` unless these ranges were measured with ``checkpoint``'s weights."""
+        if not self.fits_weights(checkpoint):
             raise CalibrationError(f"the checkpoint's int8 ranges were measured with other weights: set "
                                    f"{CALIBRATION_ENV} to training photos to calibrate again")
+
+    def check_fits(self, fp32_model: Path, checkpoint: Checkpoint) -> None:
+        """``CalibrationError`` unless these ranges were measured on this graph with these weights."""
+        self.check_weights(checkpoint)
         if self.graph != graph_fingerprint(fp32_model):
             raise CalibrationError(f"the checkpoint's int8 ranges were measured on another ONNX export of the model "
                                    f"(another torch version?): set {CALIBRATION_ENV} to training photos to calibrate "
@@ -117,9 +124,8 @@ def check_int8_possible(checkpoint: Checkpoint, configured: str | os.PathLike[st
     carried = Int8Calibration.from_dict(checkpoint.int8_calibration)
     if calibration_configured(configured) or carried is None:
         calibration_photos(calibration_source(configured))
-    elif carried.weights != checkpoint.weights_digest():
-        raise CalibrationError(f"the checkpoint's int8 ranges were measured with other weights: set "
-                               f"{CALIBRATION_ENV} to training photos to calibrate again")
+    else:
+        carried.check_weights(checkpoint)
 
 
 def calibration_source(configured: str | os.PathLike[str] | None = None) -> Path:
@@ -179,10 +185,6 @@ class _Reader:
 
     def rewind(self) -> None:  # the MinMax calibrator reads once
         raise NotImplementedError
-
-
-def describe_photos(photos: Sequence[Path]) -> str:
-    return f"{len(photos)} photos: " + ", ".join(p.stem for p in photos)
 
 
 def quantize_int8(fp32_model: Path, out: Path, checkpoint: Checkpoint, photos: Sequence[Path] = (), *,

@@ -54,8 +54,7 @@ def run_cross_validation(args, progress: bool) -> dict[str, object]:  # noqa: AN
         log.info("fold %d/%d -> %s%s", fold + 1, args.folds, config.out, " (resuming)" if config.resume else "")
         fit(config, progress=progress)
         samples = list_split(Path(args.data_path), "valid", args.folds, fold)
-        segmenter = Segmenter.from_file(Path(config.out) / "best.pt", device=args.device, precision="fp32")
-        segmenter.min_blob_ratio = DEFAULT_MIN_BLOB_RATIO  # scored as the service serves it
+        segmenter = _fold_model(Path(config.out), args.device)
         evaluate(segmenter, samples, batch_size=args.batch_size, border_is_pet=config.border_is_pet,
                  progress=progress, label=f"fold {fold}", into=pooled)
         fold_of.update({s.name: fold for s in samples})
@@ -66,6 +65,13 @@ def run_cross_validation(args, progress: bool) -> dict[str, object]:  # noqa: AN
     return report
 
 
+def _fold_model(folder: Path, device: str) -> Segmenter:
+    """A fold's best model in fp32, scoring as the service serves (small blobs dropped)."""
+    segmenter = Segmenter.from_file(folder / "best.pt", device=device, precision="fp32")
+    segmenter.min_blob_ratio = DEFAULT_MIN_BLOB_RATIO
+    return segmenter
+
+
 def _draw_worst(report: dict, args, root: Path) -> None:  # noqa: ANN001
     """The worst images, each predicted by the fold model that never saw it."""
     samples = {s.name: s for split in ("train", "valid") for s in list_split(Path(args.data_path), split, args.folds, 0)}
@@ -74,8 +80,7 @@ def _draw_worst(report: dict, args, root: Path) -> None:  # noqa: ANN001
     for row in report["worst"]:
         fold = report["fold_of"][str(row["name"])]
         if fold not in models:
-            models[fold] = Segmenter.from_file(root / f"fold{fold}" / "best.pt", device=args.device, precision="fp32")
-            models[fold].min_blob_ratio = DEFAULT_MIN_BLOB_RATIO
+            models[fold] = _fold_model(root / f"fold{fold}", args.device)
         rows.append((samples[str(row["name"])], float(row["dice"]), models[fold]))
     draw_worst(rows, root / "cv_worst.png", report["config"]["border_is_pet"],
                title=f"{args.folds}-fold CV: worst held-out images")

@@ -129,20 +129,25 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(run)
 
 
+def _require(task: str, modules: tuple[str, ...]) -> None:
+    """``ValueError`` naming what ``task`` needs and is not installed."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"{task} needs {', '.join(missing)}: pip install 'petseg[onnx]'")
+
+
 def int8_ranges_for(checkpoint: Checkpoint, calibration: str | None) -> dict[str, str]:
     """The int8 ranges to store: measured on ``calibration`` photos when given, else the ones the checkpoint
     already carries if its weights are still those they were measured with, else none."""
     from models.quantize import Int8Calibration, calibration_photos, calibration_source, measure_ranges
 
     if calibration:
-        if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None:
-            raise ValueError("measuring int8 ranges needs the ONNX exporter and ONNX Runtime: "
-                             "pip install 'petseg[onnx]'")
+        _require("measuring int8 ranges", ("onnx", "onnxscript", "onnxruntime"))
         photos = calibration_photos(calibration_source(calibration))
         log.info("measuring int8 activation ranges on %d photos from %s", len(photos), calibration)
         return measure_ranges(checkpoint, photos).to_dict()
     carried = Int8Calibration.from_dict(checkpoint.int8_calibration)
-    if carried is not None and carried.weights != checkpoint.weights_digest():
+    if carried is not None and not carried.fits_weights(checkpoint):
         log.info("dropping the int8 ranges the checkpoint carried: its weights changed (--calibration measures "
                  "new ones)")
         return {}
@@ -152,10 +157,7 @@ def int8_ranges_for(checkpoint: Checkpoint, calibration: str | None) -> dict[str
 def export_onnx_file(checkpoint: Checkpoint, source: Path, out: Path, precision: str,
                      calibration: str | None) -> int:
     """Write the ONNX model (fp32, or int8 quantised from it), then compare it with PyTorch."""
-    missing = [m for m in ("onnx", "onnxscript") + (("onnxruntime",) if precision == "int8" else ())
-               if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ValueError(f"ONNX export needs {', '.join(missing)}: pip install 'petseg[onnx]'")
+    _require("ONNX export", ("onnx", "onnxscript") + (("onnxruntime",) if precision == "int8" else ()))
     from models.onnx_export import build_onnx, save_onnx
     from models.quantize import calibration_photos, calibration_source, quantize_int8
 
