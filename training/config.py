@@ -22,6 +22,7 @@ class TrainConfig:
     image_size: int = 256
     augment: str = "report"
     border_is_pet: bool = True
+    ignore_border: bool = False  # the border band is left out of the loss (the checkpoint still scores it as pet)
     clip_grad_norm: float = 1.0
     amp: str = "auto"
     channels_last: bool = True
@@ -34,9 +35,10 @@ class TrainConfig:
     skip_bad: bool = False
     limit: int | None = None
     folds: int = 10
-    fold: int = 0
+    fold: int | None = 0  # None: no fold held out (every trainval image trains; no validation)
     init_weights: str | None = None
     encoder_weights: str | None = None
+    ema_decay: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

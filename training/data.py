@@ -46,25 +46,29 @@ def validate_layout(root: Path, split: str) -> None:
             raise DatasetFileError(f"{root} is not in the Oxford-IIIT Pet layout: missing {sub}")
 
 
-def check_fold(folds: int, fold: int) -> None:
+def check_fold(folds: int, fold: int | None) -> None:
+    """``fold=None``: no fold is held out (train on every trainval image, no valid split)."""
+    if fold is None:
+        return
     if folds < 2 or not 0 <= fold < folds:
         raise ValueError(f"--fold must be in 0..{folds - 1} and --folds at least 2 (got fold {fold} of {folds})")
 
 
-def list_split(root: Path, split: str, folds: int = 10, fold: int = 0) -> list[Sample]:
+def list_split(root: Path, split: str, folds: int = 10, fold: int | None = 0) -> list[Sample]:
     """Names of a split, in file order, as samples with their image and trimap paths.
 
-    ``valid`` is fold ``fold`` of ``folds`` (trainval index % folds == fold) and ``train`` the other folds."""
+    ``valid`` is fold ``fold`` of ``folds`` (trainval index % folds == fold) and ``train`` the other folds; with
+    ``fold=None`` ``train`` is all of trainval and ``valid`` is empty."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     check_fold(folds, fold)
     validate_layout(root, split)
     lines = (root / "annotations" / _SPLIT_FILE[split]).read_text().splitlines()
     names = [line.split()[0] for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if split == "train":
+    if split == "train" and fold is not None:
         names = [n for i, n in enumerate(names) if i % folds != fold]
     elif split == "valid":
-        names = [n for i, n in enumerate(names) if i % folds == fold]
+        names = [] if fold is None else [n for i, n in enumerate(names) if i % folds == fold]
     return [Sample(n, root / "images" / f"{n}.jpg", root / "annotations" / "trimaps" / f"{n}.png") for n in names]
 
 
@@ -79,10 +83,12 @@ def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     return image, trimap
 
 
-def load_sample(sample: Sample, border_is_pet: bool, size: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one image and its mask; resize both to ``size`` x ``size`` when given (mask: nearest)."""
+def load_sample(sample: Sample, border_is_pet: bool, size: int | None, ignore_border: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one image and its mask; resize both to ``size`` x ``size`` when given (mask: nearest, so
+    ``MASK_IGNORE`` pixels stay what they are)."""
     image, trimap = load_pair(sample)
-    mask = trimap_to_mask(trimap, border_is_pet)
+    mask = trimap_to_mask(trimap, border_is_pet, ignore_border)
     if size is not None:
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
         mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
@@ -92,6 +98,7 @@ def load_sample(sample: Sample, border_is_pet: bool, size: int | None) -> tuple[
 class PetDataset(Dataset[dict[str, Any]]):
     """Samples of one split as ``{"image": float (3,H,W), "mask": float (1,H,W), "name": str}``.
 
+    With ``ignore_border=True`` the border band's mask pixels are ``MASK_IGNORE`` (for the loss to skip).
     With ``cache=True`` every image is decoded and resized to ``image_size`` once, up front, so epochs only pay
     for augmentation. With ``skip_bad=True`` unreadable samples are reported and dropped instead of raising.
     ``mixer`` (set after construction, e.g. ``training.copy_paste.CopyPaste``) rewrites a decoded sample before the
@@ -106,17 +113,19 @@ class PetDataset(Dataset[dict[str, Any]]):
         *,
         image_size: int = 256,
         border_is_pet: bool = True,
+        ignore_border: bool = False,
         cache: bool = True,
         skip_bad: bool = False,
         progress: bool = True,
         folds: int = 10,
-        fold: int = 0,
+        fold: int | None = 0,
     ) -> None:
         self.root = Path(root)
         self.split = split
         self.transform = transform
         self.image_size = image_size
         self.border_is_pet = border_is_pet
+        self.ignore_border = ignore_border
         self.samples = list_split(self.root, split, folds, fold)
         self.skipped: list[str] = []
         self.mixer: Callable[[int, np.ndarray, np.ndarray, np.random.Generator],
@@ -137,7 +146,7 @@ class PetDataset(Dataset[dict[str, Any]]):
         for sample in tqdm(self.samples, desc=f"decode {self.split}", unit="img", disable=not progress,
                            leave=False):
             try:
-                decoded = load_sample(sample, self.border_is_pet, size)
+                decoded = load_sample(sample, self.border_is_pet, size, self.ignore_border)
             except DatasetFileError as exc:
                 problems.append(str(exc))
                 continue
@@ -171,7 +180,7 @@ class PetDataset(Dataset[dict[str, Any]]):
         if self._cache is not None:
             image, mask = self._cache[index]
         else:
-            image, mask = load_sample(self.samples[index], self.border_is_pet, self.image_size)
+            image, mask = load_sample(self.samples[index], self.border_is_pet, self.image_size, self.ignore_border)
         if self.mixer is not None:
             # np.random is seeded per DataLoader worker (training.fit), so composites differ between workers.
             image, mask = self.mixer(index, image, mask, np.random.default_rng(np.random.randint(0, 2**31 - 1)))

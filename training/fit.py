@@ -27,8 +27,10 @@ from training.config import SCHEDULERS, TrainConfig
 from training.copy_paste import CopyPaste
 from training.encoder_weights import read_encoder_weights
 from training.data import PetDataset
+from training.ema import WeightAverage
 from training.distributed import DistInfo, ShardSampler, cleanup_distributed, gather_result, init_distributed
 from training.losses import BCEDiceLoss
+from training.metrics import SegmentationMetrics
 from training.loop import EpochResult, StepContext, evaluate_epoch, train_one_epoch
 from training.plots import plot_history
 from training.transforms import build_transform
@@ -36,6 +38,7 @@ from training.transforms import build_transform
 __all__ = ["FitResult", "fit", "seed_everything"]
 
 log = logging.getLogger(__name__)
+TRAINED_DICE = "val_dice_trained"  # with --ema: the trained (not averaged) weights' valid Dice
 HISTORY_KEYS = ("epoch", "train_loss", "train_dice", "val_loss", "val_dice", "val_iou", "val_dice_micro", "lr",
                 "seconds")
 
@@ -62,8 +65,10 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def _make_loaders(config: TrainConfig, device: torch.device, info: DistInfo, progress: bool
-                  ) -> tuple[DataLoader, DataLoader, DistributedSampler | None]:
+                  ) -> tuple[DataLoader, DataLoader | None, DistributedSampler | None]:
+    """Train and valid loaders; no valid loader with ``fold=None`` (every trainval image trains)."""
     common: dict[str, Any] = {"image_size": config.image_size, "border_is_pet": config.border_is_pet,
+                              "ignore_border": config.ignore_border,
                               "cache": config.cache, "skip_bad": config.skip_bad, "progress": progress,
                               "folds": config.folds, "fold": config.fold}
     train_set: Any = PetDataset(config.data_path, "train", build_transform(config.augment, config.image_size), **common)
@@ -71,14 +76,20 @@ def _make_loaders(config: TrainConfig, device: torch.device, info: DistInfo, pro
     if config.augment == "copy-paste":
         if not config.cache:
             raise ValueError("--augment copy-paste composites from the decoded cache: drop --no-cache")
+        if config.ignore_border:
+            raise ValueError("--augment copy-paste cuts pets out along two-valued masks: use --border pet or "
+                             "background")
         train_set.mixer = CopyPaste(train_set.decoded)
     if config.limit:
         train_set = Subset(train_set, range(min(config.limit, len(train_set))))
         valid_set = Subset(valid_set, range(min(config.limit, len(valid_set))))
-    if len(train_set) == 0 or len(valid_set) == 0:
+    holding_out = config.fold is not None
+    if len(train_set) == 0 or (holding_out and len(valid_set) == 0):
         raise ValueError(f"{config.data_path}: the train and valid splits need at least one image each "
                          f"(got {len(train_set)} and {len(valid_set)})")
     log.info("data: %d train / %d valid images from %s", len(train_set), len(valid_set), config.data_path)
+    if not holding_out:
+        log.info("no validation split (--fold none): every epoch is saved as best.pt, the last one is the model")
     generator = torch.Generator().manual_seed(config.seed)
     train_sampler = DistributedSampler(train_set, shuffle=True, seed=config.seed) if info.enabled else None
     valid_sampler = ShardSampler(len(valid_set), info) if info.enabled else None
@@ -86,7 +97,8 @@ def _make_loaders(config: TrainConfig, device: torch.device, info: DistInfo, pro
                                    "worker_init_fn": _seed_worker, "persistent_workers": config.workers > 0}
     train_loader = DataLoader(train_set, config.batch_size, shuffle=train_sampler is None, sampler=train_sampler,
                               drop_last=len(train_set) > config.batch_size, generator=generator, **loader_args)
-    valid_loader = DataLoader(valid_set, config.batch_size, shuffle=False, sampler=valid_sampler, **loader_args)
+    valid_loader = DataLoader(valid_set, config.batch_size, shuffle=False, sampler=valid_sampler,
+                              **loader_args) if holding_out else None
     return train_loader, valid_loader, train_sampler
 
 
@@ -109,9 +121,11 @@ def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _epoch_metrics(train: EpochResult, valid: EpochResult) -> dict[str, float]:
-    v = valid.metrics.summary()
-    return {"train_loss": train.loss, "train_dice": train.metrics.summary()["dice"], "val_loss": valid.loss,
+def _epoch_metrics(train: EpochResult, valid: EpochResult | None) -> dict[str, float]:
+    """The epoch's numbers; the valid ones are NaN when nothing is held out."""
+    v = valid.metrics.summary() if valid is not None else SegmentationMetrics().summary()
+    valid_loss = valid.loss if valid is not None else float("nan")
+    return {"train_loss": train.loss, "train_dice": train.metrics.summary()["dice"], "val_loss": valid_loss,
             "val_dice": v["dice"], "val_iou": v["iou"], "val_dice_micro": v["dice_micro"],
             "val_iou_micro": v["iou_micro"]}
 
@@ -148,6 +162,9 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     core = model
+    average = WeightAverage(core, config.ema_decay) if config.ema_decay else None
+    if resume is not None:
+        _restore_weight_average((resume.training_state or {}), resume, core, average, config.resume)
     if info.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(core.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -155,6 +172,8 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
     history: dict[str, list[float]] = {k: [] for k in HISTORY_KEYS}
+    if average is not None:
+        history[TRAINED_DICE] = []
     best_dice, best_epoch, start_epoch = -1.0, 0, 1
     if resume is not None:
         start_epoch = resume.epoch + 1
@@ -169,35 +188,49 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
         log.info("nothing to do: the checkpoint already reached epoch %d of %d", start_epoch - 1, config.epochs)
 
     ctx = StepContext(device, precision, config.channels_last, BCEDiceLoss(), optimizer, scaler, scheduler,
-                      config.clip_grad_norm, progress)
+                      config.clip_grad_norm, progress, weight_average=average)
+    evaluated = average.module if average is not None else model
+    saved = average.module if average is not None else core
     if info.is_main:
         log.info("training %s on %s (%s, channels_last=%s) for epochs %d..%d -> %s", config.net, device, precision,
                  config.channels_last, start_epoch, config.epochs, out_dir)
+        if average is not None:
+            log.info("weight average: EMA with decay %g per step (about %.0f steps); validated and saved in place "
+                     "of the trained weights", average.decay, 1.0 / (1.0 - average.decay))
     reduce = (lambda r: gather_result(r, info)) if info.enabled else None
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
         if train_sampler is not None:
             train_sampler.set_epoch(epoch)
         train = train_one_epoch(model, train_loader, ctx, desc=f"epoch {epoch}/{config.epochs}", reduce=reduce)
-        valid = evaluate_epoch(model, valid_loader, ctx, reduce=reduce)
-        metrics = _epoch_metrics(train, valid)
+        if valid_loader is None:  # --fold none: nothing held out, nothing to pick; the latest epoch is the best
+            metrics = _epoch_metrics(train, None)
+        else:
+            metrics = _epoch_metrics(train, evaluate_epoch(evaluated, valid_loader, ctx, reduce=reduce))
+        if average is not None and valid_loader is not None:  # what the average buys, epoch by epoch
+            trained = evaluate_epoch(model, valid_loader, ctx, desc="valid (trained weights)", reduce=reduce)
+            metrics[TRAINED_DICE] = trained.metrics.summary()["dice"]
         seconds = time.perf_counter() - started
         lr = optimizer.param_groups[0]["lr"]
         for key, value in {"epoch": epoch, **metrics, "lr": lr, "seconds": seconds}.items():
             if key in history:
                 history[key].append(float(value))
-        improved = metrics["val_dice"] > best_dice
+        improved = valid_loader is None or metrics["val_dice"] > best_dice
         if improved:
             best_dice, best_epoch = metrics["val_dice"], epoch
         if info.is_main:
-            log.info("epoch %d/%d  train loss %.4f dice %.4f | valid loss %.4f dice %.4f iou %.4f | lr %.2e | %.1fs%s",
-                     epoch, config.epochs, metrics["train_loss"], metrics["train_dice"], metrics["val_loss"],
-                     metrics["val_dice"], metrics["val_iou"], lr, seconds, "  * best" if improved else "")
+            trained_note = f" (trained weights {metrics[TRAINED_DICE]:.4f})" if TRAINED_DICE in metrics else ""
+            log.info("epoch %d/%d  train loss %.4f dice %.4f | valid loss %.4f dice %.4f%s iou %.4f | lr %.2e | "
+                     "%.1fs%s", epoch, config.epochs, metrics["train_loss"], metrics["train_dice"],
+                     metrics["val_loss"], metrics["val_dice"], trained_note, metrics["val_iou"], lr, seconds,
+                     "  * best" if improved and valid_loader is not None else "")
             state = {"optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict() if scheduler else None,
                      "scaler": scaler.state_dict() if scaler else None,
                      "history": history, "best_dice": best_dice, "best_epoch": best_epoch}
-            checkpoint = Checkpoint(arch=config.net, model_state=core.state_dict(), image_size=config.image_size,
+            if average is not None:  # the trained weights, to resume from; the checkpoint's weights are the average
+                state.update(live_model=core.state_dict(), ema_updates=average.updates, ema_decay=average.decay)
+            checkpoint = Checkpoint(arch=config.net, model_state=saved.state_dict(), image_size=config.image_size,
                                     border_is_pet=config.border_is_pet, epoch=epoch, metrics=metrics,
                                     config=config.to_dict(), training_state=state)
             save_checkpoint(checkpoint, out_dir / "last.pt")
@@ -205,6 +238,21 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
                 save_checkpoint(checkpoint, out_dir / "best.pt")
             _write_history(history, out_dir)
     return FitResult(out_dir, best_dice, best_epoch, max([0, *map(int, history["epoch"])]), history)
+
+
+def _restore_weight_average(state: dict[str, Any], resume: Checkpoint, core: nn.Module,
+                            average: WeightAverage | None, source: str | None) -> None:
+    """A checkpoint written with ``--ema`` holds the average as its weights and the trained weights beside it:
+    training goes on from the trained ones, and the average from where it was."""
+    live = state.get("live_model")
+    if live is None:
+        return
+    core.load_state_dict(live)
+    if average is None:
+        log.warning("%s kept a weight average (EMA); resuming without --ema goes on from the trained weights and "
+                    "drops the average", source)
+        return
+    average.restore(resume.model_state, int(state.get("ema_updates", 1)))
 
 
 def _initial_weights(config: TrainConfig) -> nn.Module:

@@ -6,9 +6,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["DatasetFileError", "read_rgb", "read_trimap", "trimap_to_mask"]
+__all__ = ["MASK_IGNORE", "DatasetFileError", "read_rgb", "read_trimap", "trimap_to_mask"]
 
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3
+MASK_IGNORE = 255  # training targets: a pixel the loss and the training metrics skip (``--border ignore``)
 
 
 class DatasetFileError(ValueError):
@@ -45,9 +46,13 @@ def read_trimap(path: Path) -> np.ndarray:
     return array.astype(np.uint8, copy=False)
 
 
-def trimap_to_mask(trimap: np.ndarray, border_is_pet: bool = True) -> np.ndarray:
-    """Pet (1) -> 1, background (2) -> 0, border (3) -> 1 when ``border_is_pet`` (the report's rule) else 0."""
+def trimap_to_mask(trimap: np.ndarray, border_is_pet: bool = True, ignore_border: bool = False) -> np.ndarray:
+    """Pet (1) -> 1, background (2) -> 0, border (3) -> 1 when ``border_is_pet`` (the report's rule) else 0, or
+    ``MASK_IGNORE`` with ``ignore_border`` (a training target: the border band is neither pet nor background)."""
     mask = trimap == TRIMAP_PET
-    if border_is_pet:
+    if border_is_pet and not ignore_border:
         mask |= trimap == TRIMAP_BORDER
-    return mask.astype(np.uint8)
+    mask = mask.astype(np.uint8)
+    if ignore_border:
+        mask[trimap == TRIMAP_BORDER] = MASK_IGNORE
+    return mask

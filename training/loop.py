@@ -10,6 +10,8 @@ from torch import nn
 from tqdm import tqdm
 
 from models.runtime import autocast
+from training.ema import WeightAverage
+from training.images import MASK_IGNORE
 from training.metrics import SegmentationMetrics
 
 __all__ = ["EpochResult", "StepContext", "evaluate_epoch", "train_one_epoch"]
@@ -28,6 +30,7 @@ class StepContext:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     clip_grad_norm: float = 0.0
     progress: bool = True
+    weight_average: WeightAverage | None = None
 
     def to_device(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         non_blocking = self.device.type == "cuda"
@@ -72,10 +75,12 @@ def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, Any]], ctx: Ste
             ctx.optimizer.step()
         if ctx.scheduler is not None:
             ctx.scheduler.step()  # per-step schedule
+        if ctx.weight_average is not None:
+            ctx.weight_average.update(getattr(model, "module", model))  # the network inside DDP
         batch_size = images.shape[0]
         loss_sum += float(loss.detach()) * batch_size
         seen += batch_size
-        metrics.update(logits.detach() > 0, masks > 0.5, list(batch["name"]))
+        metrics.update(logits.detach() > 0, masks == 1, list(batch["name"]), ignore=masks == MASK_IGNORE)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
     result = EpochResult(loss_sum / max(seen, 1), metrics)
     return reduce(result) if reduce else result
@@ -95,6 +100,6 @@ def evaluate_epoch(model: nn.Module, loader: Iterable[dict[str, Any]], ctx: Step
         loss = ctx.criterion(logits, masks)
         loss_sum += float(loss) * images.shape[0]
         seen += images.shape[0]
-        metrics.update(logits > 0, masks > 0.5, list(batch["name"]))
+        metrics.update(logits > 0, masks == 1, list(batch["name"]), ignore=masks == MASK_IGNORE)
     result = EpochResult(loss_sum / max(seen, 1), metrics)
     return reduce(result) if reduce else result

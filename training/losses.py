@@ -1,17 +1,30 @@
-"""BCE-with-logits + soft Dice: BCE gives dense per-pixel gradients, Dice counters the foreground imbalance."""
+"""BCE-with-logits + soft Dice: BCE gives dense per-pixel gradients, Dice counters the foreground imbalance.
+
+Target pixels equal to ``MASK_IGNORE`` (the trimap's border band with ``--border ignore``) count for neither term.
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["BCEDiceLoss", "soft_dice_loss"]
+from training.images import MASK_IGNORE
+
+__all__ = ["BCEDiceLoss", "soft_dice_loss", "split_target"]
+
+
+def split_target(target: Tensor) -> tuple[Tensor, Tensor]:
+    """(0/1 target, 0/1 weight): ignored pixels get target 0 and weight 0."""
+    target = target.float()
+    weight = (target != MASK_IGNORE).float()
+    return target * weight, weight
 
 
 def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
-    """1 - soft Dice, computed per image (B, 1, H, W) and averaged over the batch."""
-    prob = torch.sigmoid(logits.float()).flatten(1)
-    target = target.float().flatten(1)
+    """1 - soft Dice, computed per image (B, 1, H, W) over its scored pixels and averaged over the batch."""
+    target, weight = split_target(target)
+    prob = (torch.sigmoid(logits.float()) * weight).flatten(1)
+    target = target.flatten(1)
     intersection = (prob * target).sum(1)
     total = prob.sum(1) + target.sum(1)
     return (1.0 - (2.0 * intersection + eps) / (total + eps)).mean()
@@ -24,5 +37,7 @@ class BCEDiceLoss(nn.Module):
         self.dice_weight = dice_weight
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        bce = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        target01, weight = split_target(target)
+        bce = F.binary_cross_entropy_with_logits(logits.float(), target01, weight=weight, reduction="sum")
+        bce = bce / weight.sum().clamp(min=1.0)  # the mean over scored pixels (all of them without an ignore band)
         return self.bce_weight * bce + self.dice_weight * soft_dice_loss(logits, target)

@@ -21,7 +21,10 @@ def plot_history(history: dict[str, list[float]], path: Path) -> Path:
     ax_loss.plot(epochs, history.get("val_loss", []), label="valid")
     ax_loss.set(title="loss (BCE + Dice)", xlabel="epoch")
     ax_dice.plot(epochs, history.get("train_dice", []), label="train")
-    ax_dice.plot(epochs, history.get("val_dice", []), label="valid")
+    trained = history.get("val_dice_trained")  # runs with a weight average (--ema)
+    ax_dice.plot(epochs, history.get("val_dice", []), label="valid (weight average)" if trained else "valid")
+    if trained and len(trained) == len(epochs):
+        ax_dice.plot(epochs, trained, label="valid (trained weights)", alpha=0.6)
     ax_dice.set(title="Dice (mean per image)", xlabel="epoch", ylim=(0, 1))
     for ax in (ax_loss, ax_dice):
         ax.grid(alpha=0.3)

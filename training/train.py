@@ -34,6 +34,22 @@ def positive_float(text: str) -> float:
     return value
 
 
+def ema_decay(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def fold_number(text: str) -> int | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fold number or 'none', not {text!r}") from None
+
+
 def architecture(text: str) -> str:
     try:
         return canonical_arch_name(text)
@@ -56,28 +72,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", "--image_size", dest="image_size", type=positive_int, default=d.image_size)
     p.add_argument("--out", default=None, help="output folder (default runs/<net>)")
     p.add_argument("--amp", choices=("auto", "fp32", "bf16", "fp16"), default=d.amp,
-                   help="autocast: auto = bf16/fp16 on CUDA, fp32 on CPU; bf16 is fast on AMX CPUs")
+                   help="autocast: auto = bf16/fp16 on CUDA, fp32 on CPU; bf16 is fast on CPUs with AMX or AVX512_BF16 "
+                        "(about 2x fp32 for ResNet34_UNet on an AMD EPYC Zen 4)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler)
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--clip-grad", type=float, default=d.clip_grad_norm, help="max grad norm; 0 disables")
     p.add_argument("--augment", choices=AUGMENTATIONS, default=d.augment)
-    p.add_argument("--border", choices=("pet", "background"), default="pet",
-                   help="what the trimap's border pixels count as (the report: pet)")
+    p.add_argument("--border", choices=("pet", "background", "ignore"), default="pet",
+                   help="what the trimap's border pixels count as in the loss (the report: pet); ignore = "
+                        "neither, so the model learns the outline it sees rather than a fat band")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--no-cache", dest="cache", action="store_false", help="decode images every epoch")
     p.add_argument("--skip-bad", action="store_true", help="report and skip unreadable samples instead of failing")
     p.add_argument("--limit", type=positive_int, default=None, help="use only the first N images of each split")
     p.add_argument("--folds", type=positive_int, default=d.folds,
                    help="cross-validation: trainval is cut into this many folds by index %% folds")
-    p.add_argument("--fold", type=int, default=d.fold,
-                   help="the fold held out for validation (0..folds-1); --folds 10 --fold 0 is the lab's split")
+    p.add_argument("--fold", type=fold_number, default=d.fold,
+                   help="the fold held out for validation (0..folds-1); --folds 10 --fold 0 is the lab's split; "
+                        "none = train on every trainval image with no validation (best.pt is then the last epoch): "
+                        "for the final model once a recipe is chosen")
     p.add_argument("--init-weights", default=None,
                    help="start a new run from this checkpoint's weights (fresh optimizer, schedule and epochs)")
     p.add_argument("--encoder-weights", default=None,
                    help="pretrained ResNet-34 encoder for resnet34_unet: 'imagenet' (torchvision's weights, "
                         "downloaded once and cached) or a state-dict file; for small datasets")
+    p.add_argument("--ema", dest="ema_decay", type=ema_decay, default=d.ema_decay,
+                   help="keep an exponential moving average of the weights with this decay per step (e.g. 0.999; "
+                        "0 = off): the average is what is validated and saved, so the last epoch needs no picking")
     p.add_argument("--download", action="store_true", help="fetch the official archives into --data_path first")
     return p
 
@@ -89,21 +112,23 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data_path=args.data_path, net=args.net, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, weight_decay=args.weight_decay, scheduler=args.scheduler,
         warmup_epochs=args.warmup_epochs, image_size=args.image_size, augment=args.augment,
-        border_is_pet=args.border == "pet", clip_grad_norm=args.clip_grad, amp=args.amp,
+        border_is_pet=args.border != "background", ignore_border=args.border == "ignore", clip_grad_norm=args.clip_grad, amp=args.amp,
         channels_last=args.channels_last, device=args.device, workers=args.workers, seed=args.seed,
         out=out, resume=resume, cache=args.cache, skip_bad=args.skip_bad,
         limit=args.limit, folds=args.folds, fold=args.fold, init_weights=args.init_weights,
-        encoder_weights=args.encoder_weights,
+        encoder_weights=args.encoder_weights, ema_decay=args.ema_decay,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.folds < 2 or not 0 <= args.fold < args.folds:
+    if args.folds < 2 or (args.fold is not None and not 0 <= args.fold < args.folds):
         parser.error(f"--fold must be in 0..{args.folds - 1} and --folds at least 2")
     if args.init_weights and args.model:
         parser.error("--init-weights starts a new run; --model resumes one: give one of them")
+    if args.border == "ignore" and args.augment == "copy-paste":
+        parser.error("--augment copy-paste cuts pets out along two-valued masks: use --border pet or background")
     if args.encoder_weights and args.init_weights:
         parser.error("--init-weights already sets every weight; --encoder-weights would be overwritten")
     setup_logging(args.verbose)
@@ -116,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         from training.fit import fit
 
         result = fit(config_from_args(args), progress=sys.stderr.isatty())
-        log.info("done: best valid Dice %.4f at epoch %d; checkpoints in %s", result.best_dice, result.best_epoch,
-                 result.out_dir)
+        if args.fold is None:
+            log.info("done: %d epochs on every trainval image; checkpoints in %s", result.last_epoch, result.out_dir)
+        else:
+            log.info("done: best valid Dice %.4f at epoch %d; checkpoints in %s", result.best_dice,
+                     result.best_epoch, result.out_dir)
         return 0
 
     return run_cli(run)

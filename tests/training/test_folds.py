@@ -1,10 +1,13 @@
 """Cross-validation folds: every trainval image is validated exactly once, and the default is the lab's split."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from models.checkpoint import load_checkpoint
 from training.data import list_split
 
 
@@ -34,3 +37,35 @@ def test_default_fold_is_the_labs_index_mod_10_rule(pet_dataset: Path) -> None:
 def test_impossible_folds_are_refused(pet_dataset: Path, folds: int, fold: int) -> None:
     with pytest.raises(ValueError, match="--fold"):
         list_split(pet_dataset, "valid", folds, fold)
+
+
+# --- --fold none: the final model trains on every trainval image -------------------------------------------
+
+
+def test_fold_none_trains_on_every_trainval_image_and_validates_on_none(pets30: Path) -> None:
+    assert len(list_split(pets30, "train", 10, None)) == 30
+    assert list_split(pets30, "valid", 10, None) == []
+
+
+@pytest.mark.slow
+def test_a_fold_none_run_trains_on_everything_and_keeps_the_last_epoch_as_best(
+    pets30: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.training._runs import train
+
+    out = tmp_path / "all"
+    with caplog.at_level(logging.INFO, logger="training"):
+        assert train(pets30, out, "-n", "unet", "-e", "2", "-lr", "3e-3", "--fold", "none", "--ema", "0.5") == 0
+    assert "data: 8 train / 0 valid images" in caplog.text and "no validation split" in caplog.text
+    best, last = load_checkpoint(out / "best.pt"), load_checkpoint(out / "last.pt")
+    assert best.epoch == last.epoch == 2 and last.config["fold"] is None
+    history = last.training_state["history"]
+    assert np.isnan(history["val_dice"]).all() and np.isfinite(history["train_loss"]).all()
+
+
+def test_fold_must_be_a_number_or_none(capsys: pytest.CaptureFixture[str]) -> None:
+    from training.train import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--fold", "all"])
+    assert exit_info.value.code == 2 and "'none'" in capsys.readouterr().err

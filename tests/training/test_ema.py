@@ -1,0 +1,146 @@
+"""``--ema``: a moving average of the weights is validated and saved, and survives a resume."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from models.checkpoint import load_checkpoint
+from tests.training._runs import train
+from training.ema import WeightAverage
+from training.train import main
+
+slow = pytest.mark.slow  # trains: several seconds on a 2-core CPU
+ONE_STEP_EPOCHS = ["-n", "unet", "-lr", "3e-3", "--ema", "0.5"]  # 8 images in batches of 8: one step per epoch
+
+
+def float_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.float() for k, v in state.items() if v.is_floating_point()}
+
+
+def assert_is_half_way(average: dict, first: dict, second: dict) -> None:
+    """With decay 0.5, two steps average to (first + second) / 2, parameters and BatchNorm statistics alike."""
+    average, first, second = float_tensors(average), float_tensors(first), float_tensors(second)
+    assert average.keys() == first.keys() == second.keys()
+    for name, value in average.items():
+        torch.testing.assert_close(value, (first[name] + second[name]) / 2, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_the_first_update_copies_and_later_ones_move_by_one_minus_decay() -> None:
+    model = nn.Linear(2, 1)
+    average = WeightAverage(model, decay=0.75)
+    with torch.no_grad():
+        model.weight.fill_(4.0)
+    average.update(model)
+    with torch.no_grad():
+        model.weight.fill_(8.0)
+    average.update(model)
+    assert average.updates == 2
+    assert torch.allclose(average.module.weight, torch.full((1, 2), 0.75 * 4.0 + 0.25 * 8.0))
+    assert torch.equal(model.weight, torch.full((1, 2), 8.0))  # the trained model is left alone
+
+
+def test_restore_puts_back_the_weights_and_the_count() -> None:
+    model = nn.Linear(2, 1)
+    average = WeightAverage(model, decay=0.5)
+    saved = {k: torch.full_like(v, 3.0) for k, v in model.state_dict().items()}
+    average.restore(saved, updates=7)
+    assert average.updates == 7 and torch.equal(average.module.weight, saved["weight"])
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+    average.update(model)  # not a copy: 7 updates are already folded in
+    assert torch.allclose(average.module.weight, torch.full((1, 2), 4.0))
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, -0.1])
+def test_weight_average_refuses_a_decay_outside_0_1(decay: float) -> None:
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(nn.Linear(1, 1), decay)
+
+
+@pytest.mark.parametrize("value", ["1", "1.5", "-0.2"])
+def test_the_cli_refuses_a_decay_outside_0_1_with_exit_2(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--ema", value])
+    assert exit_info.value.code == 2
+    assert "--ema" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def ema_epochs(pets30: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Epoch 1 of an ``--ema 0.5`` run, then the same run resumed to epoch 2: one checkpoint per epoch."""
+    out = tmp_path_factory.mktemp("ema") / "run"
+    assert train(pets30, out, *ONE_STEP_EPOCHS, "-e", "1") == 0
+    first = out.parent / "epoch1.pt"
+    first.write_bytes((out / "last.pt").read_bytes())
+    assert train(pets30, out, *ONE_STEP_EPOCHS, "-e", "2", "--model", "last") == 0
+    return [first, out / "last.pt"]
+
+
+@slow
+def test_the_checkpoint_holds_the_average_and_the_trained_weights_beside_it(ema_epochs: list[Path]) -> None:
+    first, second = (load_checkpoint(p) for p in ema_epochs)
+    assert (first.training_state["ema_updates"], first.training_state["ema_decay"]) == (1, 0.5)
+    # after one step the average is a copy of the trained weights
+    assert_is_half_way(first.model_state, first.training_state["live_model"], first.training_state["live_model"])
+    assert second.training_state["ema_updates"] == 2
+    average, trained = float_tensors(second.model_state), float_tensors(second.training_state["live_model"])
+    assert any(not torch.equal(average[k], trained[k]) for k in average)
+
+
+@slow
+def test_after_a_resume_the_average_goes_on_from_where_it_was(ema_epochs: list[Path]) -> None:
+    first, second = (load_checkpoint(p) for p in ema_epochs)
+    assert_is_half_way(second.model_state, first.training_state["live_model"], second.training_state["live_model"])
+
+
+def valid_dice(state: dict[str, torch.Tensor], pets30: Path) -> float:
+    """Dice over the valid split at the run's 32 px, as ``fit`` measures it each epoch."""
+    from models import build_model
+    from training.data import PetDataset
+    from training.losses import BCEDiceLoss
+    from training.loop import StepContext, evaluate_epoch
+    from training.transforms import build_transform
+
+    model = build_model("unet")
+    model.load_state_dict(state)
+    data = PetDataset(pets30, "valid", build_transform("none", 32), image_size=32, progress=False)
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    ctx = StepContext(torch.device("cpu"), "fp32", False, BCEDiceLoss(), progress=False)
+    return evaluate_epoch(model, loader, ctx).metrics.summary()["dice"]
+
+
+@slow
+def test_the_history_keeps_the_trained_weights_valid_dice_beside_the_averages(ema_epochs: list[Path],
+                                                                             pets30: Path) -> None:
+    second = load_checkpoint(ema_epochs[1])
+    history = second.training_state["history"]
+    assert len(history["val_dice_trained"]) == len(history["val_dice"]) == 2
+    assert history["val_dice_trained"][-1] == pytest.approx(
+        valid_dice(second.training_state["live_model"], pets30), abs=1e-6)
+
+
+@slow
+def test_the_logged_valid_dice_is_the_averages(ema_epochs: list[Path], pets30: Path) -> None:
+    second = load_checkpoint(ema_epochs[1])
+    logged = second.training_state["history"]["val_dice"][-1]
+    assert second.metrics["val_dice"] == logged and second.config["ema_decay"] == 0.5
+    assert valid_dice(second.model_state, pets30) == pytest.approx(logged, abs=1e-6)
+
+
+@slow
+def test_resuming_without_ema_goes_on_from_the_trained_weights_and_says_so(
+    ema_epochs: list[Path], pets30: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(ema_epochs[0].read_bytes())
+    with caplog.at_level(logging.WARNING, logger="training.fit"):
+        assert train(pets30, out, "-n", "unet", "-lr", "3e-3", "-e", "2", "--model", "last") == 0
+    assert "drops the average" in caplog.text
+    resumed = load_checkpoint(out / "last.pt")
+    assert "live_model" not in resumed.training_state
