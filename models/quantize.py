@@ -196,10 +196,9 @@ def quantize_int8(fp32_model: Path, out: Path, checkpoint: Checkpoint, photos: S
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if not photos and ranges is None:
-        raise CalibrationError("int8 needs calibration photos or measured ranges; neither was given")
     if not photos:
-        assert ranges is not None
+        if ranges is None:
+            raise CalibrationError("int8 needs calibration photos or measured ranges; neither was given")
         ranges.check_fits(fp32_model, checkpoint)
     model = onnx.load(str(fp32_model))
     sigmoids = [node.name for node in model.graph.node if node.op_type == "Sigmoid"]
@@ -207,17 +206,16 @@ def quantize_int8(fp32_model: Path, out: Path, checkpoint: Checkpoint, photos: S
     with tempfile.TemporaryDirectory(prefix="petseg-int8-", dir=out.parent) as tmp:
         quantised, cache = Path(tmp) / out.name, Path(tmp) / "ranges.json"
         reader = _Reader(calibration_batches(photos, checkpoint)) if photos else None
-        if ranges is not None and not photos:
-            cache.write_text(ranges.ranges)  # ONNX Runtime finds the cache and skips calibration
+        if reader is None:
+            cache.write_text(ranges.ranges)  # type: ignore[union-attr]  # ONNX Runtime finds it, skips calibration
         with quiet_loggers(""):  # the quantiser logs a line per widened bias scale to the root logger
             quantize_static(str(fp32_model), str(quantised), reader, calibration_cache_path=str(cache),
                             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                             nodes_to_exclude=sigmoids)
-        used = ranges if not photos else Int8Calibration(
+        used = ranges if reader is None else Int8Calibration(
             ranges=cache.read_text(), photos=describe_photos(photos), graph=graph_fingerprint(fp32_model),
             weights=checkpoint.weights_digest())
-        assert used is not None
         result = onnx.load(str(quantised))
         metadata = read_metadata(model)
         metadata.update({"petseg.precision": "int8", "petseg.quantisation": QUANTISATION,

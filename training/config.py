@@ -40,5 +40,11 @@ class TrainConfig:
     encoder_weights: str | None = None
     ema_decay: float = 0.0
 
+    def check(self) -> None:
+        """``ValueError`` for options that cannot go together; run before any data is read."""
+        if self.ignore_border and self.augment == "copy-paste":
+            raise ValueError("--augment copy-paste cuts pets out along two-valued masks: use --border pet or "
+                             "background")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

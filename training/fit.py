@@ -76,9 +76,6 @@ def _make_loaders(config: TrainConfig, device: torch.device, info: DistInfo, pro
     if config.augment == "copy-paste":
         if not config.cache:
             raise ValueError("--augment copy-paste composites from the decoded cache: drop --no-cache")
-        if config.ignore_border:
-            raise ValueError("--augment copy-paste cuts pets out along two-valued masks: use --border pet or "
-                             "background")
         train_set.mixer = CopyPaste(train_set.decoded)
     if config.limit:
         train_set = Subset(train_set, range(min(config.limit, len(train_set))))
@@ -133,6 +130,7 @@ def _epoch_metrics(train: EpochResult, valid: EpochResult | None) -> dict[str, f
 def fit(config: TrainConfig, *, progress: bool = True) -> FitResult:
     """Train ``config.net`` on ``config.data_path``; write best.pt, last.pt, history.json and curves.png."""
     config.net = canonical_arch_name(config.net)
+    config.check()
     device = resolve_device(config.device)
     precision = resolve_precision(config.amp, device, training=True)
     info = init_distributed(device)
@@ -164,7 +162,7 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
     core = model
     average = WeightAverage(core, config.ema_decay) if config.ema_decay else None
     if resume is not None:
-        _restore_weight_average((resume.training_state or {}), resume, core, average, config.resume)
+        _restore_weight_average(resume, core, average, config.resume)
     if info.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(core.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -240,10 +238,11 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
     return FitResult(out_dir, best_dice, best_epoch, max([0, *map(int, history["epoch"])]), history)
 
 
-def _restore_weight_average(state: dict[str, Any], resume: Checkpoint, core: nn.Module,
-                            average: WeightAverage | None, source: str | None) -> None:
+def _restore_weight_average(resume: Checkpoint, core: nn.Module, average: WeightAverage | None,
+                            source: str | None) -> None:
     """A checkpoint written with ``--ema`` holds the average as its weights and the trained weights beside it:
     training goes on from the trained ones, and the average from where it was."""
+    state = resume.training_state or {}
     live = state.get("live_model")
     if live is None:
         return

@@ -22,7 +22,10 @@ def split_target(target: Tensor) -> tuple[Tensor, Tensor]:
 
 def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1.0) -> Tensor:
     """1 - soft Dice, computed per image (B, 1, H, W) over its scored pixels and averaged over the batch."""
-    target, weight = split_target(target)
+    return _soft_dice_loss(logits, *split_target(target), eps=eps)
+
+
+def _soft_dice_loss(logits: Tensor, target: Tensor, weight: Tensor, eps: float = 1.0) -> Tensor:
     prob = (torch.sigmoid(logits.float()) * weight).flatten(1)
     target = target.flatten(1)
     intersection = (prob * target).sum(1)
@@ -40,4 +43,4 @@ class BCEDiceLoss(nn.Module):
         target01, weight = split_target(target)
         bce = F.binary_cross_entropy_with_logits(logits.float(), target01, weight=weight, reduction="sum")
         bce = bce / weight.sum().clamp(min=1.0)  # the mean over scored pixels (all of them without an ignore band)
-        return self.bce_weight * bce + self.dice_weight * soft_dice_loss(logits, target)
+        return self.bce_weight * bce + self.dice_weight * _soft_dice_loss(logits, target01, weight)

@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", "--image_size", dest="image_size", type=positive_int, default=d.image_size)
     p.add_argument("--out", default=None, help="output folder (default runs/<net>)")
     p.add_argument("--amp", choices=("auto", "fp32", "bf16", "fp16"), default=d.amp,
-                   help="autocast: auto = bf16/fp16 on CUDA, fp32 on CPU; bf16 is fast on CPUs with AMX or AVX512_BF16 "
-                        "(about 2x fp32 for ResNet34_UNet on an AMD EPYC Zen 4)")
+                   help="autocast: auto = bf16/fp16 on CUDA, fp32 on CPU; bf16 is fast on CPUs with AMX or "
+                        "AVX512_BF16 (about 2x fp32 for ResNet34_UNet on an AMD EPYC Zen 4)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler)
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
@@ -112,7 +112,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data_path=args.data_path, net=args.net, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, weight_decay=args.weight_decay, scheduler=args.scheduler,
         warmup_epochs=args.warmup_epochs, image_size=args.image_size, augment=args.augment,
-        border_is_pet=args.border != "background", ignore_border=args.border == "ignore", clip_grad_norm=args.clip_grad, amp=args.amp,
+        border_is_pet=args.border != "background", ignore_border=args.border == "ignore",
+        clip_grad_norm=args.clip_grad, amp=args.amp,
         channels_last=args.channels_last, device=args.device, workers=args.workers, seed=args.seed,
         out=out, resume=resume, cache=args.cache, skip_bad=args.skip_bad,
         limit=args.limit, folds=args.folds, fold=args.fold, init_weights=args.init_weights,
@@ -127,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--fold must be in 0..{args.folds - 1} and --folds at least 2")
     if args.init_weights and args.model:
         parser.error("--init-weights starts a new run; --model resumes one: give one of them")
-    if args.border == "ignore" and args.augment == "copy-paste":
-        parser.error("--augment copy-paste cuts pets out along two-valued masks: use --border pet or background")
+    try:
+        config_from_args(args).check()
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.encoder_weights and args.init_weights:
         parser.error("--init-weights already sets every weight; --encoder-weights would be overwritten")
     setup_logging(args.verbose)
