@@ -30,9 +30,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def ddp(
-    pets30: Path, tmp_path_factory: pytest.TempPathFactory
+    pets30: Path, module_tmp_path: Path
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
-    out = tmp_path_factory.mktemp("ddp") / "run"
+    out = module_tmp_path / "ddp" / "run"
     command = [
         sys.executable,
         "-m",

@@ -71,9 +71,9 @@ def test_the_cli_refuses_a_decay_outside_0_1_with_exit_2(value: str, capsys: pyt
 
 
 @pytest.fixture(scope="module")
-def ema_epochs(pets30: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+def ema_epochs(pets30: Path, module_tmp_path: Path) -> list[Path]:
     """Epoch 1 of an ``--ema 0.5`` run, then the same run resumed to epoch 2: one checkpoint per epoch."""
-    out = tmp_path_factory.mktemp("ema") / "run"
+    out = module_tmp_path / "ema" / "run"
     assert train(pets30, out, *ONE_STEP_EPOCHS, "-e", "1") == 0
     first = out.parent / "epoch1.pt"
     first.write_bytes((out / "last.pt").read_bytes())

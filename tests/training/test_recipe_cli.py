@@ -83,10 +83,10 @@ def test_init_weights_of_another_architecture_is_exit_2(pets30: Path, tmp_path: 
 
 
 @pytest.fixture(scope="module")
-def cv_run(pets30: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def cv_run(pets30: Path, module_tmp_path: Path) -> Path:
     from training.cv import main
 
-    out = tmp_path_factory.mktemp("cv") / "run"
+    out = module_tmp_path / "cv" / "run"
     assert main(["--data_path", str(pets30), "--out", str(out), "--folds", "3", "-n", "unet", "-e", "1",
                  "--image-size", "32", "-b", "8", "--workers", "0", "--device", "cpu", "--worst", "4"]) == 0
     return out

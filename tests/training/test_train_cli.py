@@ -92,16 +92,16 @@ def test_train_checkpoint_builds_a_model_that_predicts(unet_run: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_epoch(pets30: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("one") / "run"
+def one_epoch(pets30: Path, module_tmp_path: Path) -> Path:
+    out = module_tmp_path / "one" / "run"
     assert train(pets30, out, "-e", "1") == 0
     return out
 
 
 @pytest.fixture(scope="module")
-def resumed(one_epoch: Path, pets30: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("resumed") / "run"
-    out.mkdir()
+def resumed(one_epoch: Path, pets30: Path, module_tmp_path: Path) -> Path:
+    out = module_tmp_path / "resumed" / "run"
+    out.mkdir(parents=True)
     shutil.copy2(one_epoch / "last.pt", out / "last.pt")
     assert train(pets30, out, "-e", "2", "--model", "last") == 0
     return out
