@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,7 +28,6 @@ __all__ = [
     "file_sha256",
     "load_checkpoint",
     "save_checkpoint",
-    "share_checkpoint_file",
 ]
 
 CHECKPOINT_FORMAT = "petseg-checkpoint/1"
@@ -150,31 +147,6 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Pat
         raise
     _fsync_dir(path.parent)
     return path
-
-
-def share_checkpoint_file(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
-    """Make ``target`` a second name for the finished file ``source`` (best.pt for last.pt), atomically.
-
-    A hard link costs no disk and no write: a ResNet34_UNet training checkpoint with optimizer state and a weight
-    average is about 0.5 GB. ``save_checkpoint`` always renames a new file over its target, so rewriting
-    ``source`` later leaves ``target`` holding what it held. Where links are refused (some network or FAT file
-    systems), the file is copied instead, with the same temp-file-then-rename guarantee.
-    """
-    source, target = Path(source), Path(target)
-    tmp_name = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"  # os.link wants it free
-    try:
-        try:
-            os.link(source, tmp_name)
-        except OSError:
-            shutil.copyfile(source, tmp_name)
-            with open(tmp_name, "rb") as handle:
-                os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        tmp_name.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-    return target
 
 
 def load_checkpoint(path: str | os.PathLike[str], expected_arch: str | None = None) -> Checkpoint:

@@ -19,8 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from models import build_model
-from models.checkpoint import (Checkpoint, CheckpointError, load_checkpoint, save_checkpoint,
-                               share_checkpoint_file)
+from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from models.pretrained import load_encoder_state
 from models.registry import canonical_arch_name
 from models.runtime import resolve_device, resolve_precision
@@ -233,8 +232,8 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
                                     border_is_pet=config.border_is_pet, epoch=epoch, metrics=metrics,
                                     config=config.to_dict(), training_state=state)
             save_checkpoint(checkpoint, out_dir / "last.pt")
-            if improved:  # the same bytes: a second name, not a second 0.1-0.5 GB write
-                share_checkpoint_file(out_dir / "last.pt", out_dir / "best.pt")
+            if improved:
+                save_checkpoint(checkpoint, out_dir / "best.pt")
             _write_history(history, out_dir)
     return FitResult(out_dir, best_dice, best_epoch, max([0, *map(int, history["epoch"])]), history)
 

@@ -10,14 +10,7 @@ import pytest
 import torch
 
 from models import build_model
-from models.checkpoint import (
-    CHECKPOINT_FORMAT,
-    Checkpoint,
-    CheckpointError,
-    load_checkpoint,
-    save_checkpoint,
-    share_checkpoint_file,
-)
+from models.checkpoint import CHECKPOINT_FORMAT, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from models.inference import Segmenter
 from tests.factories import make_checkpoint
 
@@ -87,32 +80,6 @@ def test_checkpoint_failed_save_keeps_the_previous_file(
     assert path.read_bytes() == before
     assert load_checkpoint(path).epoch == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
-
-
-def test_shared_checkpoint_file_is_one_file_and_keeps_its_bytes_when_the_source_is_rewritten(tmp_path: Path) -> None:
-    last = save_checkpoint(small_checkpoint(epoch=1), tmp_path / "last.pt")
-    best = share_checkpoint_file(last, tmp_path / "best.pt")
-    assert best.stat().st_ino == last.stat().st_ino  # a hard link: no second copy on disk
-    save_checkpoint(small_checkpoint(epoch=2), last)  # the next epoch, not an improvement
-    assert (load_checkpoint(best).epoch, load_checkpoint(last).epoch) == (1, 2)
-    share_checkpoint_file(last, best)  # an improvement later: best follows again
-    assert load_checkpoint(best).epoch == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
-
-
-def test_shared_checkpoint_file_is_copied_where_links_are_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    last = save_checkpoint(small_checkpoint(epoch=1), tmp_path / "last.pt")
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise PermissionError("operation not permitted")  # as on a FAT or some network file systems
-
-    monkeypatch.setattr(os, "link", refuse)
-    best = share_checkpoint_file(last, tmp_path / "best.pt")
-    assert best.stat().st_ino != last.stat().st_ino
-    assert best.read_bytes() == last.read_bytes()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
 
 
 class _SystemCall:

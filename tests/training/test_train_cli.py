@@ -108,6 +108,18 @@ def resumed(one_epoch: Path, pets30: Path, module_tmp_path: Path) -> Path:
 
 
 @slow
+def test_train_best_checkpoint_survives_last_being_overwritten_in_place(pets30: Path, tmp_path: Path) -> None:
+    """best.pt is its own file, not a second name for last.pt: ``cp x.pt last.pt`` or ``torch.save(..., "last.pt")``
+    write into the existing file, and must not change the best epoch's weights."""
+    out = tmp_path / "run"
+    assert train(pets30, out, "-e", "1") == 0
+    with open(out / "last.pt", "r+b") as handle:  # in place, as cp and torch.save(path) do
+        handle.truncate(0)
+        handle.write(b"not a checkpoint")
+    assert load_checkpoint(out / "best.pt").epoch == 1
+
+
+@slow
 def test_train_one_epoch_takes_one_optimizer_step_per_batch(one_epoch: Path) -> None:
     assert adam_steps(one_epoch / "last.pt") == [1.0]  # 8 images, one batch of 8
 
