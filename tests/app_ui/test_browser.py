@@ -326,7 +326,15 @@ def test_page_shows_the_crop_refusal_readably(server: str, page, photo: Path) ->
     page.wait_for_selector("#cutout[data-ready='1']")
     page.uncheck("#soft")  # the hard cutout follows the threshold (the soft alpha does not)
     page.check("#crop")
+    # every text the error line shows from here on: the refusal must not blink away and back
+    page.evaluate("""() => { window.errorTexts = [];
+        new MutationObserver(() => window.errorTexts.push(document.querySelector('#error').textContent))
+            .observe(document.querySelector('#error'), {childList: true}); }""")
     set_threshold(page, 1.0)  # nothing is pet: nothing to crop to
     page.wait_for_selector("#error:not([hidden])")
     assert page.text_content("#error").startswith("Error 422: crop: no pet found in the image (at threshold 1)")
     assert page.is_visible("#cutout-empty")
+    wait_for_text(page, "#status", "Done · threshold 1.00")  # the mask request came back fine...
+    page.wait_for_timeout(500)  # ...and the cutout request it starts has had time to answer
+    texts = page.evaluate("window.errorTexts")
+    assert texts and all(text.startswith("Error 422: crop") for text in texts), texts
