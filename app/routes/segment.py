@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 
 from app.deps import ServiceDep
+from app.form_fields import declared_form_fields, reject_unknown_form_fields
 from app.negotiation import preferred_type
 from app.photo_source import photo_bytes
 from app.rendering import render_request
@@ -57,7 +58,7 @@ def image_response(result: SegmentResult, model: ModelRef) -> Response:
                                     "private, link-local, multicast or reserved address"},
                413: {"description": "body or image over the configured limits"},
                415: {"description": "not an image format the service reads"},
-               422: {"description": "missing field, bad threshold, unknown model, ground truth of the wrong size "
+               422: {"description": "missing or unknown field, bad threshold, unknown model, ground truth of the wrong size "
                                     "or not a mask, a rendering option that does not fit the output (the "
                                     "message names the field), or crop=true with no pet found"},
                503: {"description": "model not ready or at capacity; see Retry-After"}},
@@ -110,6 +111,7 @@ async def segment(
 ) -> SegmentResponse | Response:
     """Segment the pet: JSON with a base64 mask by default; the rendering itself with `Accept: image/png` or
     `?format=png|jpeg`. Cutouts can have soft edges, a new background and a crop to the pet."""
+    await reject_unknown_form_fields(request, SEGMENT_FIELDS)
     background_bytes = await background_image.read() if background_image is not None else None
     options = render_request(output, soft=soft, background=background, background_image=background_bytes,
                              crop=crop, crop_margin=crop_margin)  # options are checked before any photo is read
@@ -133,3 +135,6 @@ async def segment(
         crop=CropBox(x=box.x, y=box.y, width=box.width, height=box.height) if box is not None else None,
         model=answered_by, inference_ms=round(result.inference_ms, 2),
     )
+
+
+SEGMENT_FIELDS = declared_form_fields(segment)  # a misspelt field is refused by name, not silently ignored

@@ -94,10 +94,37 @@ def test_segment_known_signature_with_garbage_after_it_is_400(api: TestClient, h
 
 # --- form validation ----------------------------------------------------------------------------------------
 
-def test_segment_missing_image_field_is_422(api: TestClient) -> None:
+def test_segment_photo_under_another_field_name_is_422_naming_the_right_one(api: TestClient) -> None:
     response = api.post("/segment", files={"photo": ("pet.jpg", PHOTO, "image/jpeg")})
     errors = validation_errors(response)
-    assert any(e["loc"] == ["body", "image"] and e["type"] == "missing" for e in errors), errors
+    assert [(e["loc"], e["type"]) for e in errors] == [(["body", "photo"], "extra_forbidden")], errors
+    assert "did you mean image?" in errors[0]["msg"], errors
+
+
+@pytest.mark.parametrize("field, meant", [("mask", "ground_truth"), ("treshold", "threshold"),
+                                          ("crop-margin", "crop_margin")])
+def test_segment_unknown_field_is_422_not_silently_ignored(api: TestClient, field: str, meant: str) -> None:
+    """``-F mask=@truth.png`` used to answer 200 with ``"dice": null``: the field was dropped without a word."""
+    response = api.post("/segment", files={**image_files(PHOTO), field: ("truth.png", MASK, "image/png")})
+    errors = validation_errors(response)
+    assert [(e["loc"], e["type"]) for e in errors] == [(["body", field], "extra_forbidden")], errors
+    assert f"did you mean {meant}?" in errors[0]["msg"] and "ground_truth, image, image_url" in errors[0]["msg"]
+
+
+def test_segment_every_unknown_field_is_named_once(api: TestClient) -> None:
+    response = api.post("/segment", files=image_files(PHOTO), data={"colour": "red", "zzz": "1"})
+    errors = validation_errors(response)
+    assert [e["loc"] for e in errors] == [["body", "colour"], ["body", "zzz"]], errors
+    assert "did you mean" not in errors[1]["msg"]
+
+
+def test_segment_takes_exactly_the_form_fields_its_openapi_schema_documents(api: TestClient) -> None:
+    from app.routes.segment import SEGMENT_FIELDS
+
+    body = api.get("/openapi.json").json()["paths"]["/segment"]["post"]["requestBody"]["content"]
+    ref = body["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    documented = api.get("/openapi.json").json()["components"]["schemas"][ref]["properties"]
+    assert set(documented) == SEGMENT_FIELDS
 
 
 def test_segment_no_body_is_422(api: TestClient) -> None:
