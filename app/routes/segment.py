@@ -58,9 +58,9 @@ def image_response(result: SegmentResult, model: ModelRef) -> Response:
                                     "private, link-local, multicast or reserved address"},
                413: {"description": "body or image over the configured limits"},
                415: {"description": "not an image format the service reads"},
-               422: {"description": "missing or unknown field, bad threshold, unknown model, ground truth of the wrong size "
-                                    "or not a mask, a rendering option that does not fit the output (the "
-                                    "message names the field), or crop=true with no pet found"},
+               422: {"description": "missing or unknown field, bad threshold, unknown model, ground truth of "
+                                    "the wrong size or not a mask, a rendering option that does not fit the "
+                                    "output (the message names the field), or crop=true with no pet found"},
                503: {"description": "model not ready or at capacity; see Retry-After"}},
     summary="Segment the pet in an image",
 )
