@@ -108,7 +108,7 @@ def test_cv_scores_every_trainval_image_once(cv_run: Path, pets30: Path) -> None
 @slow
 def test_cv_trains_one_model_per_fold_and_draws_the_worst(cv_run: Path) -> None:
     for fold in range(3):
-        assert load_checkpoint(cv_run / f"fold{fold}" / "best.pt").config["fold"] == fold
+        assert load_checkpoint(cv_run / f"fold{fold}" / "last.pt").config["fold"] == fold
     assert (cv_run / "cv_worst.png").stat().st_size > 1000
 
 
@@ -120,6 +120,32 @@ def test_cv_rerun_resumes_finished_folds_without_training_again(cv_run: Path, pe
     assert main(["--data_path", str(pets30), "--out", str(cv_run), "--folds", "3", "-n", "unet", "-e", "1",
                  "--image-size", "32", "-b", "8", "--workers", "0", "--device", "cpu", "--worst", "4"]) == 0
     assert (cv_run / "fold0" / "last.pt").stat().st_mtime_ns == before
+
+
+@slow
+def test_cv_scores_each_fold_at_its_last_epoch_not_the_epoch_picked_on_that_fold(cv_run: Path, pets30: Path) -> None:
+    """best.pt was chosen by its Dice on the held-out fold; scoring it there would flatter the recipe."""
+    import json
+    import os
+
+    from models.checkpoint import save_checkpoint
+    from training.cv import main
+
+    before = json.loads((cv_run / "cv_report.json").read_text())
+    fold0 = [name for name, fold in before["fold_of"].items() if fold == 0]
+    blind = load_checkpoint(cv_run / "fold0" / "last.pt")
+    blind.model_state["head.bias"] = torch.full_like(blind.model_state["head.bias"], -100.0)  # sees no pet anywhere
+    best = cv_run / "fold0" / "best.pt"
+    os.replace(best, best.with_suffix(".kept"))
+    try:
+        save_checkpoint(blind, best)
+        assert main(["--data_path", str(pets30), "--out", str(cv_run), "--folds", "3", "-n", "unet", "-e", "1",
+                     "--image-size", "32", "-b", "8", "--workers", "0", "--device", "cpu", "--worst", "4"]) == 0
+    finally:
+        os.replace(best.with_suffix(".kept"), best)
+    after = json.loads((cv_run / "cv_report.json").read_text())
+    assert [after["per_image"][name] for name in fold0] == pytest.approx([before["per_image"][name] for name in fold0])
+    assert max(after["per_image"][name] for name in fold0) > 0
 
 
 def test_cv_refuses_weights_that_would_leak(pets30: Path, capsys: pytest.CaptureFixture[str]) -> None:
