@@ -2,6 +2,7 @@
 
     python -m training.evaluate --model runs/unet/best.pt --data_path dataset/oxford-iiit-pet --split test
     python -m training.evaluate --model runs/cv/fold2/best.pt --data_path ... --split valid --folds 5 --fold 2
+    python -m training.evaluate --model a.pt --ensemble b.pt --data_path ... --split valid   # mean of both maps
 
 Both conventions for the trimap's border band are reported: as the model was trained (the report counts it as
 pet) and ignored (border pixels count for neither side: the score against a tight outline). So are the share of
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.ensemble import EnsembleSegmenter
 from models.inference import SegmenterBase
 from models.refine import guided_upsample
 from training.cli import add_common_flags, add_inference_flags, open_engine, run_cli, setup_logging
@@ -58,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the --worst images (photo | ground truth | prediction) into this PNG")
     p.add_argument("--folds", type=int, default=10, help="cross-validation folds (see petseg-train --folds)")
     p.add_argument("--fold", type=int, default=0, help="with --split valid: the held-out fold")
+    p.add_argument("--ensemble", action="append", default=[], metavar="CKPT",
+                   help="average the probability maps of this checkpoint (repeatable) with --model's: do models "
+                        "trained apart fail on the same photos? (one forward pass per model; a diagnostic)")
     return p
 
 
@@ -150,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         samples = list_split(Path(args.data_path), args.split, args.folds, args.fold)[: args.limit]
         segmenter = open_engine(args, args.model, len(samples))
+        if args.ensemble:
+            segmenter = EnsembleSegmenter([segmenter, *(open_engine(args, path, len(samples))
+                                                        for path in args.ensemble)])
         segmenter.warmup((min(args.batch_size, max(len(samples), 1)),))
         if args.net:
             from models.checkpoint import load_checkpoint
@@ -163,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         report = {"checkpoint": str(args.model), "arch": segmenter.info.arch, "split": args.split,
                   "data_path": str(args.data_path), "threshold": args.threshold, "border_is_pet": border,
                   "runtime": segmenter.runtime, "precision": segmenter.precision, "refine": args.refine,
-                  "min_blob_ratio": args.min_blob_ratio,
+                  "min_blob_ratio": args.min_blob_ratio, "ensemble": [str(path) for path in args.ensemble],
                   **evaluation.report(args.worst)}
         if args.background_crops:
             report["background_crops"] = background_false_positives(segmenter, samples, threshold=args.threshold)
@@ -171,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             by_name = {s.name: s for s in samples}
             draw_worst([(by_name[str(r["name"])], float(r["dice"]), segmenter) for r in report["worst"]],
                        Path(args.worst_grid), border, title=f"{args.split}: the {len(report['worst'])} worst images")
-        out = Path(args.out) if args.out else Path(args.model).with_name(f"eval_{args.split}.json")
+        name = f"eval_{args.split}_ensemble.json" if args.ensemble else f"eval_{args.split}.json"
+        out = Path(args.out) if args.out else Path(args.model).with_name(name)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1))
         ignored = report["border_ignored"]
