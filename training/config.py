@@ -39,6 +39,7 @@ class TrainConfig:
     init_weights: str | None = None
     encoder_weights: str | None = None
     ema_decay: float = 0.0
+    ema_warmup: bool = True  # see training.ema
 
     def check(self) -> None:
         """``ValueError`` for options that cannot go together; run before any data is read."""

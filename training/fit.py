@@ -160,7 +160,7 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     core = model
-    average = WeightAverage(core, config.ema_decay) if config.ema_decay else None
+    average = WeightAverage(core, config.ema_decay, config.ema_warmup) if config.ema_decay else None
     if resume is not None:
         _restore_weight_average(resume, core, average, config.resume)
     if info.enabled:
@@ -193,8 +193,9 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
         log.info("training %s on %s (%s, channels_last=%s) for epochs %d..%d -> %s", config.net, device, precision,
                  config.channels_last, start_epoch, config.epochs, out_dir)
         if average is not None:
-            log.info("weight average: EMA with decay %g per step (about %.0f steps); validated and saved in place "
-                     "of the trained weights", average.decay, 1.0 / (1.0 - average.decay))
+            log.info("weight average: EMA with decay %g per step (about %.0f steps%s); validated and saved in place "
+                     "of the trained weights", average.decay, 1.0 / (1.0 - average.decay),
+                     ", reached after a warm-up from a short memory" if average.warmup else ", from the first step")
     reduce = (lambda r: gather_result(r, info)) if info.enabled else None
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
@@ -227,7 +228,8 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
                      "scaler": scaler.state_dict() if scaler else None,
                      "history": history, "best_dice": best_dice, "best_epoch": best_epoch}
             if average is not None:  # the trained weights, to resume from; the checkpoint's weights are the average
-                state.update(live_model=core.state_dict(), ema_updates=average.updates, ema_decay=average.decay)
+                state.update(live_model=core.state_dict(), ema_updates=average.updates, ema_decay=average.decay,
+                             ema_warmup=average.warmup)
             checkpoint = Checkpoint(arch=config.net, model_state=saved.state_dict(), image_size=config.image_size,
                                     border_is_pet=config.border_is_pet, epoch=epoch, metrics=metrics,
                                     config=config.to_dict(), training_state=state)
@@ -251,7 +253,8 @@ def _restore_weight_average(resume: Checkpoint, core: nn.Module, average: Weight
         log.warning("%s kept a weight average (EMA); resuming without --ema goes on from the trained weights and "
                     "drops the average", source)
         return
-    average.restore(resume.model_state, int(state.get("ema_updates", 1)))
+    # runs saved before the warm-up existed kept a fixed decay, and go on with it
+    average.restore(resume.model_state, int(state.get("ema_updates", 1)), bool(state.get("ema_warmup", False)))
 
 
 def _initial_weights(config: TrainConfig) -> nn.Module:

@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", dest="ema_decay", type=ema_decay, default=d.ema_decay,
                    help="keep an exponential moving average of the weights with this decay per step (e.g. 0.999; "
                         "0 = off): the average is what is validated and saved, so the last epoch needs no picking")
+    p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=d.ema_warmup,
+                   help="with --ema: start from a short memory that grows to the decay's (decay min(d, (1 + n) / "
+                        "(10 + n)) after n steps), so a short run's average is not held back by its first, random "
+                        "weights; --no-ema-warmup keeps the decay fixed from the first step")
     p.add_argument("--download", action="store_true", help="fetch the official archives into --data_path first")
     return p
 
@@ -117,7 +121,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         channels_last=args.channels_last, device=args.device, workers=args.workers, seed=args.seed,
         out=out, resume=resume, cache=args.cache, skip_bad=args.skip_bad,
         limit=args.limit, folds=args.folds, fold=args.fold, init_weights=args.init_weights,
-        encoder_weights=args.encoder_weights, ema_decay=args.ema_decay,
+        encoder_weights=args.encoder_weights, ema_decay=args.ema_decay, ema_warmup=args.ema_warmup,
     )
 
 

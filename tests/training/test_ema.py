@@ -22,17 +22,21 @@ def float_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in state.items() if v.is_floating_point()}
 
 
-def assert_is_half_way(average: dict, first: dict, second: dict) -> None:
-    """With decay 0.5, two steps average to (first + second) / 2, parameters and BatchNorm statistics alike."""
+def assert_is_mix(average: dict, first: dict, second: dict, decay: float) -> None:
+    """Two steps average to decay * first + (1 - decay) * second, parameters and BatchNorm statistics alike."""
     average, first, second = float_tensors(average), float_tensors(first), float_tensors(second)
     assert average.keys() == first.keys() == second.keys()
     for name, value in average.items():
-        torch.testing.assert_close(value, (first[name] + second[name]) / 2, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(value, decay * first[name] + (1 - decay) * second[name], rtol=1e-5, atol=1e-6,
+                                   msg=name)
+
+
+WARMED_SECOND_STEP = 2 / 11  # the warm-up's decay for the second step: min(0.5, (1 + 1) / (10 + 1))
 
 
 def test_the_first_update_copies_and_later_ones_move_by_one_minus_decay() -> None:
     model = nn.Linear(2, 1)
-    average = WeightAverage(model, decay=0.75)
+    average = WeightAverage(model, decay=0.75, warmup=False)
     with torch.no_grad():
         model.weight.fill_(4.0)
     average.update(model)
@@ -48,12 +52,37 @@ def test_restore_puts_back_the_weights_and_the_count() -> None:
     model = nn.Linear(2, 1)
     average = WeightAverage(model, decay=0.5)
     saved = {k: torch.full_like(v, 3.0) for k, v in model.state_dict().items()}
-    average.restore(saved, updates=7)
-    assert average.updates == 7 and torch.equal(average.module.weight, saved["weight"])
+    average.restore(saved, updates=7, warmup=False)
+    assert average.updates == 7 and torch.equal(average.module.weight, saved["weight"]) and not average.warmup
     with torch.no_grad():
         model.weight.fill_(5.0)
     average.update(model)  # not a copy: 7 updates are already folded in
     assert torch.allclose(average.module.weight, torch.full((1, 2), 4.0))
+
+
+def test_the_warm_up_shortens_the_memory_early_and_reaches_the_decay() -> None:
+    average = WeightAverage(nn.Linear(1, 1), decay=0.9)
+    assert average.decay_at(1) == pytest.approx(2 / 11) and average.decay_at(10) == pytest.approx(11 / 20)
+    assert average.decay_at(80) == pytest.approx(0.9) and average.decay_at(10_000) == 0.9
+    assert WeightAverage(nn.Linear(1, 1), decay=0.9, warmup=False).decay_at(1) == 0.9
+
+
+def test_a_short_run_is_not_held_back_by_its_first_weights_with_the_warm_up() -> None:
+    """300 steps at decay 0.999: a fixed decay keeps 74% of the starting weights, the warm-up about 3%."""
+    ends = {}
+    for warmup in (True, False):
+        model = nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            model.weight.fill_(0.0)
+        average = WeightAverage(model, decay=0.999, warmup=warmup)
+        average.update(model)  # the start
+        with torch.no_grad():
+            model.weight.fill_(1.0)  # where training went
+        for _ in range(300):
+            average.update(model)
+        ends[warmup] = average.module.weight.item()
+    assert ends[False] == pytest.approx(1 - 0.999**300) and ends[False] < 0.3
+    assert ends[True] > 0.96
 
 
 @pytest.mark.parametrize("decay", [0.0, 1.0, -0.1])
@@ -85,8 +114,9 @@ def ema_epochs(pets30: Path, module_tmp_path: Path) -> list[Path]:
 def test_the_checkpoint_holds_the_average_and_the_trained_weights_beside_it(ema_epochs: list[Path]) -> None:
     first, second = (load_checkpoint(p) for p in ema_epochs)
     assert (first.training_state["ema_updates"], first.training_state["ema_decay"]) == (1, 0.5)
+    assert first.training_state["ema_warmup"] is True
     # after one step the average is a copy of the trained weights
-    assert_is_half_way(first.model_state, first.training_state["live_model"], first.training_state["live_model"])
+    assert_is_mix(first.model_state, first.training_state["live_model"], first.training_state["live_model"], 0.5)
     assert second.training_state["ema_updates"] == 2
     average, trained = float_tensors(second.model_state), float_tensors(second.training_state["live_model"])
     assert any(not torch.equal(average[k], trained[k]) for k in average)
@@ -94,8 +124,33 @@ def test_the_checkpoint_holds_the_average_and_the_trained_weights_beside_it(ema_
 
 @slow
 def test_after_a_resume_the_average_goes_on_from_where_it_was(ema_epochs: list[Path]) -> None:
+    """The second step, after a resume, is the warm-up's second step: decay 2/11, not the fixed 0.5."""
     first, second = (load_checkpoint(p) for p in ema_epochs)
-    assert_is_half_way(second.model_state, first.training_state["live_model"], second.training_state["live_model"])
+    assert_is_mix(second.model_state, first.training_state["live_model"], second.training_state["live_model"],
+                  WARMED_SECOND_STEP)
+
+
+@slow
+def test_a_run_saved_without_the_warm_up_goes_on_without_it(ema_epochs: list[Path], pets30: Path,
+                                                            tmp_path: Path) -> None:
+    """Checkpoints from before the warm-up hold no ``ema_warmup``: their runs resume with the fixed decay."""
+    from models.checkpoint import save_checkpoint
+
+    first = load_checkpoint(ema_epochs[0])
+    del first.training_state["ema_warmup"]
+    out = tmp_path / "run"
+    save_checkpoint(first, out / "last.pt")
+    assert train(pets30, out, *ONE_STEP_EPOCHS, "-e", "2", "--model", "last") == 0
+    second = load_checkpoint(out / "last.pt")
+    assert second.training_state["ema_warmup"] is False
+    assert_is_mix(second.model_state, first.training_state["live_model"], second.training_state["live_model"], 0.5)
+
+
+def test_no_ema_warmup_reaches_the_run_config() -> None:
+    from training.train import build_parser, config_from_args
+
+    assert config_from_args(build_parser().parse_args(["--ema", "0.99"])).ema_warmup is True
+    assert config_from_args(build_parser().parse_args(["--ema", "0.99", "--no-ema-warmup"])).ema_warmup is False
 
 
 def valid_dice(state: dict[str, torch.Tensor], pets30: Path) -> float:
