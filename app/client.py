@@ -204,6 +204,13 @@ def output_paths(images: Sequence[Path], out: Path | None, suffix: str | None = 
     return paths
 
 
+def _new_file_mode() -> int:
+    """0o666 less the umask, as ``open()`` would create the file (models.checkpoint.new_file_mode, without torch)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename: a reader (or --watch) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +218,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
+        os.chmod(temporary, _new_file_mode())  # mkstemp's 0o600 would hide the masks from a web server
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

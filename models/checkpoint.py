@@ -27,6 +27,7 @@ __all__ = [
     "IMAGENET_STD",
     "file_sha256",
     "load_checkpoint",
+    "new_file_mode",
     "save_checkpoint",
 ]
 
@@ -140,7 +141,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Pat
             torch.save(checkpoint.to_dict(), handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o666 & ~_current_umask())
+        os.chmod(tmp_name, new_file_mode())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -174,10 +175,12 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _current_umask() -> int:
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file (0o666 less the umask), for files written through ``mkstemp``, which
+    makes them 0o600: readable by their owner only, so a web server or another user could not read them."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def _first_line(exc: BaseException) -> str:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.checkpoint import Checkpoint
+from models.checkpoint import Checkpoint, new_file_mode
 from models.fusion import fold_batchnorm
 
 if TYPE_CHECKING:
@@ -169,6 +169,7 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
             handle.write(model.SerializeToString())
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, new_file_mode())  # a cache other users (or a container's other user) can read
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from models.checkpoint import new_file_mode
 from training.cli import add_common_flags, add_inference_flags, open_engine, run_cli, setup_logging
 from training.data import SPLITS, Sample, list_split, load_sample
 from training.images import DatasetFileError, read_rgb
@@ -97,7 +98,7 @@ def save_png(array: np.ndarray, path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             Image.fromarray(array).save(handle, format="PNG")
-        os.chmod(tmp_name, 0o644)
+        os.chmod(tmp_name, new_file_mode())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
