@@ -163,6 +163,8 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
     average = WeightAverage(core, config.ema_decay, config.ema_warmup) if config.ema_decay else None
     if resume is not None:
         _restore_weight_average(resume, core, average, config.resume)
+        if average is not None:
+            config.ema_warmup = average.warmup  # the checkpoint's config says how the average was kept
     if info.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(core.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)

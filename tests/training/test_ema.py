@@ -142,7 +142,7 @@ def test_a_run_saved_without_the_warm_up_goes_on_without_it(ema_epochs: list[Pat
     save_checkpoint(first, out / "last.pt")
     assert train(pets30, out, *ONE_STEP_EPOCHS, "-e", "2", "--model", "last") == 0
     second = load_checkpoint(out / "last.pt")
-    assert second.training_state["ema_warmup"] is False
+    assert second.training_state["ema_warmup"] is False and second.config["ema_warmup"] is False
     assert_is_mix(second.model_state, first.training_state["live_model"], second.training_state["live_model"], 0.5)
 
 
