@@ -205,7 +205,7 @@ def output_paths(images: Sequence[Path], out: Path | None, suffix: str | None = 
 
 
 def _new_file_mode() -> int:
-    """0o666 less the umask, as ``open()`` would create the file (models.checkpoint.new_file_mode, without torch)."""
+    """0o666 less the umask, as ``open()`` would create the file (models.atomic_files, without torch)."""
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask

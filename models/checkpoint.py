@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.atomic_files import write_atomically
 from models.registry import UnknownArchitectureError, build_model, canonical_arch_name
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "IMAGENET_STD",
     "file_sha256",
     "load_checkpoint",
-    "new_file_mode",
     "save_checkpoint",
 ]
 
@@ -132,22 +131,8 @@ class Checkpoint:
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Path:
-    """Write atomically: temp file in the target folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(checkpoint.to_dict(), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, new_file_mode())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    """Write atomically and durably: temp file in the target folder, fsync, rename."""
+    return write_atomically(path, lambda handle: torch.save(checkpoint.to_dict(), handle), durable=True)
 
 
 def load_checkpoint(path: str | os.PathLike[str], expected_arch: str | None = None) -> Checkpoint:
@@ -175,27 +160,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def new_file_mode() -> int:
-    """The mode ``open()`` gives a new file (0o666 less the umask), for files written through ``mkstemp``, which
-    makes them 0o600: readable by their owner only, so a web server or another user could not read them."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

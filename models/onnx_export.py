@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.checkpoint import Checkpoint, new_file_mode
+from models.atomic_files import write_atomically
+from models.checkpoint import Checkpoint
 from models.fusion import fold_batchnorm
 
 if TYPE_CHECKING:
@@ -160,21 +160,8 @@ def max_probability_difference(checkpoint: Checkpoint, model_file: str | os.Path
 
 
 def save_onnx(model: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
-    """Write atomically (temporary file in the same folder, then rename), as checkpoints are written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(model.SerializeToString())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, new_file_mode())  # a cache other users (or a container's other user) can read
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    """Write atomically and durably, as checkpoints are written."""
+    return write_atomically(path, lambda handle: handle.write(model.SerializeToString()), durable=True)
 
 
 def _name_dimensions(model: onnx.ModelProto) -> None:

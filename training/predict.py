@@ -14,7 +14,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from models.checkpoint import new_file_mode
+from models.atomic_files import write_atomically
 from training.cli import add_common_flags, add_inference_flags, open_engine, run_cli, setup_logging
 from training.data import SPLITS, Sample, list_split, load_sample
 from training.images import DatasetFileError, read_rgb
@@ -94,15 +93,7 @@ def existing_files(folder: Path) -> set[str]:
 
 def save_png(array: np.ndarray, path: Path) -> None:
     """Write atomically: a killed process leaves the whole PNG or none (and maybe a hidden ``.tmp`` file)."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(array).save(handle, format="PNG")
-        os.chmod(tmp_name, new_file_mode())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda handle: Image.fromarray(array).save(handle, format="PNG"))
 
 
 def main(argv: list[str] | None = None) -> int:
