@@ -63,9 +63,12 @@ class WeightAverage:
         self.warmup = warmup
 
     @torch.no_grad()
-    def _fold_in(self, averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
-        """``AveragedModel``'s multi_avg_fn: one lerp over all tensors of a device and dtype (as torch's own EMA)."""
-        decay = self.decay_at(int(updates))
+    def _fold_in(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _: torch.Tensor) -> None:
+        """``AveragedModel``'s multi_avg_fn: one lerp over all tensors of a device and dtype (as torch's own EMA).
+
+        The count is read from the CPU buffer, not from the copy ``AveragedModel`` passes on the model's device,
+        which would cost a GPU sync every step."""
+        decay = self.decay_at(self.updates)
         if torch.is_floating_point(averaged[0]):
             torch._foreach_lerp_(averaged, current, 1.0 - decay)
         else:  # integer buffers (BatchNorm's num_batches_tracked), as torch's get_ema_multi_avg_fn does
