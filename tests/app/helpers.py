@@ -50,6 +50,14 @@ def open_png(data: bytes) -> Image.Image:
     return image
 
 
+def assert_photo_where_visible(rgba: np.ndarray, photo: np.ndarray) -> None:
+    """A transparent answer keeps the photo's colour wherever its alpha is above 0, and is black elsewhere."""
+    assert rgba.shape[:2] == photo.shape[:2] and rgba.shape[2] == 4, (rgba.shape, photo.shape)
+    visible = rgba[..., 3] > 0
+    np.testing.assert_array_equal(rgba[..., :3][visible], photo[visible])
+    assert not rgba[..., :3][~visible].any()
+
+
 def b64_png(text: str) -> Image.Image:
     return open_png(base64.b64decode(text))
 

@@ -124,12 +124,23 @@ def test_cover_keeps_the_centre_and_the_aspect_ratio() -> None:
 
 # --- composite ------------------------------------------------------------------------------------------------
 
-def test_composite_transparent_is_rgba_with_the_alpha() -> None:
+def test_composite_transparent_is_rgba_with_the_alpha_and_black_where_unseen() -> None:
     alpha = RNG.integers(0, 256, size=(40, 60), dtype=np.uint8)
+    alpha[:10] = 0
     out = composite(PHOTO, alpha, None)
-    assert out.shape == (40, 60, 4)
-    np.testing.assert_array_equal(out[..., :3], PHOTO)
+    assert out.shape == (40, 60, 4) and out.dtype == np.uint8
+    seen = alpha > 0
+    np.testing.assert_array_equal(out[..., :3][seen], PHOTO[seen])  # every visible pixel keeps its colour
+    assert not out[..., :3][~seen].any()  # a fully transparent one is black
     np.testing.assert_array_equal(out[..., 3], alpha)
+
+
+def test_composite_transparent_takes_a_boolean_mask() -> None:
+    mask = np.zeros((40, 60), bool)
+    mask[5:30, 10:50] = True
+    out = composite(PHOTO, mask, None)
+    np.testing.assert_array_equal(out[..., 3], mask.astype(np.uint8) * 255)
+    np.testing.assert_array_equal(out[..., :3], np.where(mask[..., None], PHOTO, 0))
 
 
 def test_composite_over_a_colour_blends_by_alpha() -> None:
