@@ -54,9 +54,19 @@ class SegmenterInfo:
 
 
 def resize_for_model(image: np.ndarray, size: int) -> np.ndarray:
-    """HxWx3 uint8 RGB -> size x size x 3, as training resizes (INTER_AREA); anything else is a ValueError."""
+    """HxWx3 uint8 RGB -> size x size x 3, as training resizes (INTER_AREA); anything else is a ValueError.
+
+    A photo at least four times the model's side is first halved (means of 2x2 blocks, an odd last row or
+    column dropped) while both sides stay at least twice it: OpenCV's integer-scale path does that in a few
+    milliseconds, where INTER_AREA straight from 12 megapixels to 192 px takes ~35 ms on a 2-core EPYC. Both
+    are area averages; they differ by rounding (a mean of 0.24/255 per pixel at 4000x3000), as a JPEG decoded
+    at a reduced DCT scale differs from either. Smaller photos take the one resize, unchanged."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an HxWx3 uint8 RGB array, got shape {image.shape} dtype {image.dtype}")
+    height, width = image.shape[:2]
+    while min(height, width) >= 4 * size:
+        height, width = height // 2, width // 2
+        image = cv2.resize(image[:2 * height, :2 * width], (width, height), interpolation=cv2.INTER_AREA)
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 

@@ -6,12 +6,13 @@ import platform
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
-from models.inference import Segmenter
+from models.inference import Segmenter, resize_for_model
 from models.runtime import cpu_supports_bf16, keep_freed_memory, resolve_device, resolve_precision
 from tests.factories import blob_image
 from training.data import list_split, load_sample
@@ -154,3 +155,29 @@ def test_uint8_batches_are_normalised_in_forward_as_the_training_data_was(fp32: 
     normalised = (pixels.permute(1, 2, 0).numpy().astype(np.float32) - mean) / std
     expected = fp32.forward(torch.from_numpy(normalised.transpose(2, 0, 1).copy())[None])
     torch.testing.assert_close(fp32.forward(pixels[None]), expected, atol=1e-5, rtol=1e-5)
+
+
+# --- resize_for_model ------------------------------------------------------------------------------------------
+
+def _photo(width: int, height: int) -> np.ndarray:
+    rng = np.random.default_rng(width + height)
+    colours = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    field = cv2.resize(colours, (width, height), interpolation=cv2.INTER_CUBIC)  # smooth regions
+    return np.clip(field.astype(np.int16) + rng.normal(0, 6, field.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size", [(4000, 3000), (3001, 2001), (800, 1537)])
+def test_big_photos_resize_for_the_model_as_one_area_average_would(size: tuple[int, int]) -> None:
+    photo = _photo(*size)
+    direct = cv2.resize(photo, (192, 192), interpolation=cv2.INTER_AREA).astype(int)
+    halved_first = resize_for_model(photo, 192)
+    assert halved_first.shape == (192, 192, 3) and halved_first.dtype == np.uint8
+    difference = np.abs(halved_first.astype(int) - direct)
+    assert difference.mean() < 1.0 and np.percentile(difference, 99) <= 4  # rounding, not geometry
+
+
+@pytest.mark.parametrize("size", [(500, 375), (767, 2000), (191, 150)])
+def test_photos_under_four_times_the_model_side_take_the_one_resize(size: tuple[int, int]) -> None:
+    photo = _photo(*size)
+    np.testing.assert_array_equal(resize_for_model(photo, 192),
+                                  cv2.resize(photo, (192, 192), interpolation=cv2.INTER_AREA))
