@@ -1,4 +1,4 @@
-"""Untrusted bytes in, arrays out; arrays in, PNG bytes out. No FastAPI, no torch: unit-testable on its own.
+"""Untrusted bytes in, arrays out; arrays in, PNG bytes out. No FastAPI: unit-testable on its own.
 
 Decoding is defensive: the pixel count is checked from the header before any pixel is decoded, JPEGs are
 decoded at a reduced scale when only the model needs them (draft mode), EXIF orientation is applied, and every
@@ -15,8 +15,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.cores import usable_cores
 from app.errors import ApiError
-from app.pngwrite import encode_gray_png
-from app.pngwrite import encode_png as write_png
+from models.pngwrite import encode_gray_png
+from models.pngwrite import encode_png as write_png
 
 __all__ = ["DecodedImage", "decode_ground_truth", "decode_image", "encode_mask_png", "encode_png", "overlay_rgb"]
 
@@ -155,7 +155,7 @@ def _png_threads(parallel: bool) -> int:
 
 
 def encode_png(array: np.ndarray) -> bytes:
-    """PNG of a picture (HxW gray, HxWx3 RGB or HxWx4 RGBA uint8): Up row filter and zlib-ng (app.pngwrite),
+    """PNG of a picture (HxW gray, HxWx3 RGB or HxWx4 RGBA uint8): Up row filter and zlib-ng (models.pngwrite),
     split across the cores when large."""
     return write_png(array, _png_threads(array.nbytes >= _PARALLEL_PICTURE_BYTES))
 

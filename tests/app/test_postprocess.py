@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from app.imaging import encode_mask_png
-from app.pngwrite import adler32_combine, encode_gray_png
+from models.pngwrite import adler32_combine, encode_gray_png
 from app.postprocess import dice_score, to_full_size
 
 

@@ -155,3 +155,13 @@ def test_predict_without_inputs_or_split_is_exit_2(tiny_checkpoint: Path) -> Non
     with pytest.raises(SystemExit) as exit_info:
         predict.main(["--model", str(tiny_checkpoint)])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (37, 53, 3)])
+def test_save_png_writes_the_very_pixels(shape: tuple[int, ...], tmp_path: Path) -> None:
+    pixels = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
+    path = tmp_path / "out.png"
+    predict.save_png(pixels, path)
+    with Image.open(path) as written:
+        assert written.mode == ("L" if len(shape) == 2 else "RGB")
+        np.testing.assert_array_equal(np.asarray(written), pixels)

@@ -1,5 +1,5 @@
 """8-bit PNGs (gray, gray + alpha, RGB, RGBA) written by several threads: at 12 megapixels one deflate stream
-is the cost of the answer.
+is the cost of the service's answer, and of ``petseg-predict``'s masks and overlays.
 
 Deflate cannot split one stream across threads, but it can be cut: each thread compresses a band of rows with a
 fresh compressor (no back-references across bands) and ends it with a sync flush, which closes on a byte
