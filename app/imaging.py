@@ -144,8 +144,8 @@ def decode_ground_truth(data: bytes, *, size: tuple[int, int], max_pixels: int, 
 
 
 # Masks (long runs of 0 and 255) cost ~0.4 ns a pixel to deflate (a 4000x3000 one 4.9 ms on one core), so only
-# the big ones are split across the cores; pictures cost ~30 ns a byte (a 500x375 RGB overlay ~5 ms), so
-# splitting them pays from a few hundred kilobytes. Below these sizes thread hand-offs cost more than they save.
+# the big ones are split across the cores; pictures cost ~15 ns a byte (a 500x375 RGB overlay ~8 ms on one
+# core, ~6 on two), so splitting them pays from a few hundred kilobytes. Below these sizes thread hand-offs cost more than they save.
 _PARALLEL_PNG_PIXELS = 2_000_000
 _PARALLEL_PICTURE_BYTES = 256 * 1024
 
