@@ -25,13 +25,13 @@ from models.registry import canonical_arch_name
 from models.runtime import resolve_device, resolve_precision
 from training.config import SCHEDULERS, TrainConfig
 from training.copy_paste import CopyPaste
-from training.encoder_weights import read_encoder_weights
 from training.data import PetDataset
-from training.ema import WeightAverage
 from training.distributed import DistInfo, ShardSampler, cleanup_distributed, gather_result, init_distributed
+from training.ema import WeightAverage
+from training.encoder_weights import read_encoder_weights
+from training.loop import EpochResult, StepContext, evaluate_epoch, train_one_epoch
 from training.losses import BCEDiceLoss
 from training.metrics import SegmentationMetrics
-from training.loop import EpochResult, StepContext, evaluate_epoch, train_one_epoch
 from training.plots import plot_history
 from training.transforms import build_transform
 

@@ -157,8 +157,8 @@ def valid_dice(state: dict[str, torch.Tensor], pets30: Path) -> float:
     """Dice over the valid split at the run's 32 px, as ``fit`` measures it each epoch."""
     from models import build_model
     from training.data import PetDataset
-    from training.losses import BCEDiceLoss
     from training.loop import StepContext, evaluate_epoch
+    from training.losses import BCEDiceLoss
     from training.transforms import build_transform
 
     model = build_model("unet")
