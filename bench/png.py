@@ -30,8 +30,8 @@ from app.compose import composite
 from app.cores import usable_cores
 from app.imaging import encode_png as service_png
 from app.imaging import overlay_rgb
-from models.pngwrite import encode_png
 from bench.common import machine_info, markdown_table, synthetic_photo
+from models.pngwrite import encode_png
 
 SIZES = ((500, 375), (4000, 3000))
 

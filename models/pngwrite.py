@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from zlib_ng import (
-    zlib_ng as zlib,  # the deflate format of zlib, ~7x faster here (SIMD run matching, checksums)
-)
+
+# zlib-ng: the deflate format of zlib, ~7x faster here (SIMD run matching, checksums)
+from zlib_ng import zlib_ng as zlib
 
 __all__ = ["MASK_SETTINGS", "PICTURE_SETTINGS", "DeflateSettings", "adler32_combine", "encode_gray_png",
            "encode_png"]
