@@ -14,7 +14,7 @@ edges). Refused unless at their defaults: ``roi``, ``scale``, ``position``, ``ad
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from PIL import ImageColor
@@ -149,6 +149,8 @@ def parse_options(fields: Mapping[str, Any], *, background_image: bytes | None) 
                                 crop_margin=_text(fields, "crop_margin") or None)
     except ApiError as exc:
         raise ApiError(400, exc.detail) from None
-    if encoding == "jpeg" and channels == "rgba":
-        render = render.as_jpeg()  # the service encodes it (the alpha matte is re-encoded by the endpoint)
+    if channels == "alpha":
+        render = replace(render, matte=True)  # the grey alpha alone, drawn and encoded by the service
+    if encoding == "jpeg":
+        render = render.as_jpeg()
     return RemoveBgOptions(render, channels, encoding, max_pixels_for(size))

@@ -42,10 +42,14 @@ class RenderRequest:
     crop: bool = False  # cut the answer to the pet's bounding box
     crop_margin: Margin = field(default_factory=Margin)
     encoding: Encoding = "png"
+    # cutout and alpha: only the alpha channel, grey (remove.bg's channels=alpha); backgrounds do not apply
+    matte: bool = False
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
             raise ValueError(f"unknown output {self.output!r}")
+        if self.matte and (self.output not in _CUTOUTS or self.background or self.background_image):
+            raise ValueError("a matte is the alpha of output=cutout or alpha, with no background")
 
     @property
     def soft_alpha(self) -> bool:
@@ -53,12 +57,16 @@ class RenderRequest:
 
     @property
     def needs_photo(self) -> bool:
-        """Whether the full-size photo is painted on (else the model's draft decode is enough)."""
+        """Whether the full-size photo is painted on or guides the soft alpha (else the model's draft decode is
+        enough: a hard-edged matte is the mask)."""
+        if self.matte:
+            return self.soft_alpha
         return self.output in ("overlay", *_CUTOUTS)
 
     @property
     def transparent(self) -> bool:
-        return self.output in _CUTOUTS and self.background is None and self.background_image is None
+        return (self.output in _CUTOUTS and not self.matte and self.background is None
+                and self.background_image is None)
 
     @property
     def is_default(self) -> bool:
@@ -156,6 +164,8 @@ def render(request: RenderRequest, prediction: FullSizePrediction, prob_small: n
         rgb = rgb[rows, cols] if rgb is not None else None
     if request.output == "mask":
         array = mask
+    elif request.matte:
+        array = alpha
     elif request.output == "probability":
         array = probability
     elif request.output == "overlay":
@@ -164,5 +174,6 @@ def render(request: RenderRequest, prediction: FullSizePrediction, prob_small: n
     else:
         assert rgb is not None, "a cutout needs the full-size photo"
         array = composite(rgb, alpha, background if background is not None else request.background)
-    rendered = _encode(np.ascontiguousarray(array), request.encoding, is_mask=request.output == "mask")
+    hard_edged = request.output == "mask" or (request.matte and not request.soft_alpha)
+    rendered = _encode(np.ascontiguousarray(array), request.encoding, is_mask=hard_edged)
     return Rendered(rendered.data, rendered.media_type, box)

@@ -33,7 +33,6 @@ from app.imaging import decode_image, encode_png
 from app.negotiation import preferred_type
 from app.photo_source import fetch_image_url
 from app.removebg import parse_options
-from app.rendering import JPEG_QUALITY
 from app.service import SegmentResult
 
 __all__ = ["REMOVEBG_PATH", "errors_body", "router"]
@@ -159,8 +158,7 @@ async def removebg(
     if options.max_pixels is not None:
         photo = await run_in_threadpool(_fit, photo, options.max_pixels, service.settings.max_pixels)
     result = await service.segment(photo, output=options.render, model=fields.get("model") or None)
-    image, media_type = (result.output_png, result.media_type) if options.channels == "rgba" else \
-        await run_in_threadpool(_alpha_matte, result.output_png, options.encoding)
+    image, media_type = result.output_png, result.media_type
     foreground = await run_in_threadpool(_foreground, result)
     width, height = (result.crop.width, result.crop.height) if result.crop else (result.width, result.height)
     headers = {"X-Width": str(width), "X-Height": str(height), "X-Type": FOREGROUND_TYPE,
@@ -229,17 +227,6 @@ def _fit(photo: bytes, max_answer_pixels: int, max_pixels: int) -> bytes:
     scale = math.sqrt(max_answer_pixels / (decoded.width * decoded.height))
     size = (max(1, math.floor(decoded.width * scale)), max(1, math.floor(decoded.height * scale)))
     return encode_png(cv2.resize(decoded.rgb, size, interpolation=cv2.INTER_AREA))
-
-
-def _alpha_matte(rgba_png: bytes, encoding: str) -> tuple[bytes, str]:
-    """channels=alpha: the rendering's alpha channel alone, grey (white: pet)."""
-    with Image.open(io.BytesIO(rgba_png)) as image:
-        alpha = np.asarray(image.getchannel("A"))
-    if encoding == "jpeg":
-        buffer = io.BytesIO()
-        Image.fromarray(alpha).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        return buffer.getvalue(), "image/jpeg"
-    return encode_png(alpha), "image/png"
 
 
 def _foreground(result: SegmentResult) -> Box:

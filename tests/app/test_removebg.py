@@ -190,6 +190,16 @@ def test_channels_alpha_is_the_grey_matte_of_the_cutout(api: TestClient) -> None
     assert ok(as_jpeg).mode == "L" and as_jpeg.headers["content-type"] == "image/jpeg"
 
 
+def test_hard_edged_matte_is_the_cutouts_alpha_and_a_mask(api: TestClient) -> None:
+    cutout = ok(removebg(api, semitransparency="false"))
+    matte = ok(removebg(api, channels="alpha", semitransparency="false", crop="true"))
+    box = header_box(removebg(api, semitransparency="false"))
+    alpha = np.asarray(cutout.getchannel("A"))
+    assert matte.mode == "L" and set(np.unique(np.asarray(matte)).tolist()) <= {0, 255}
+    assert matte.size == (box[2], box[3])  # cropped to the pet, as the cutout would be
+    np.testing.assert_array_equal(np.asarray(matte), alpha[box[1]:box[1] + box[3], box[0]:box[0] + box[2]])
+
+
 def test_defaults_of_unsupported_fields_are_accepted(api: TestClient) -> None:
     response = removebg(api, roi="0% 0% 100% 100%", scale="original", position="original", add_shadow="false",
                         type="product", type_level="latest", semitransparency="true", size="auto")

@@ -212,3 +212,32 @@ def test_unknown_output_and_a_photo_of_another_size_are_programming_errors() -> 
         RenderRequest("sketch")
     with pytest.raises(ValueError, match="need the full-size photo"):
         render(RenderRequest("overlay"), RAMP_PREDICTION, RAMP, PHOTO[:10])
+
+
+# --- the matte (remove.bg's channels=alpha) -------------------------------------------------------------------
+
+def test_a_hard_edged_matte_is_the_mask_and_needs_no_photo() -> None:
+    request = RenderRequest("cutout", matte=True)
+    assert not request.needs_photo and not request.transparent
+    rendered = render(request, RAMP_PREDICTION, RAMP, None)
+    image = open_png(rendered.data)
+    assert image.mode == "L"
+    np.testing.assert_array_equal(np.asarray(image), np.where(RAMP_MASK, 255, 0))
+
+
+def test_a_soft_matte_is_the_alpha_of_output_alpha() -> None:
+    request = RenderRequest("alpha", matte=True)
+    assert request.needs_photo
+    matte = np.asarray(open_png(render(request, PREDICTION, PROB_SMALL, PHOTO).data))
+    rgba = np.asarray(open_png(render(RenderRequest("alpha"), PREDICTION, PROB_SMALL, PHOTO).data))
+    np.testing.assert_array_equal(matte, rgba[..., 3])
+    jpeg = render(request.as_jpeg(), PREDICTION, PROB_SMALL, PHOTO)  # no transparency: a JPEG can carry it
+    assert jpeg.media_type == "image/jpeg"
+
+
+@pytest.mark.parametrize("kwargs", [{"output": "mask"}, {"output": "overlay"},
+                                    {"output": "cutout", "background": (0, 0, 0)},
+                                    {"output": "alpha", "background_image": b"png"}])
+def test_a_matte_is_only_of_a_transparent_cutout(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="matte"):
+        RenderRequest(matte=True, **kwargs)
