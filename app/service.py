@@ -8,16 +8,16 @@ from dataclasses import dataclass
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from app import rendering
 from app.batching import BatchRunner
+from app.compose import Box
 from app.config import DEFAULT_MODEL_NAME, Settings
 from app.cores import defer_to_model_lanes, usable_cores
-from app import rendering
-from app.compose import Box
 from app.imaging import DecodedImage, decode_ground_truth, decode_image, encode_mask_png
 from app.model_set import ModelSet
 from app.postprocess import dice_score, to_full_size
-from models.blobs import drop_small_blobs
 from app.rendering import OUTPUTS, RenderRequest
+from models.blobs import drop_small_blobs
 from models.checkpoint import CheckpointError
 from models.engines import open_segmenter
 from models.inference import SegmenterBase
@@ -127,12 +127,13 @@ class SegmentationService:
         if self._defer_request_work:
             defer_to_model_lanes()
 
-    def _prepare(self, image: bytes, ground_truth: bytes | None, options: RenderRequest, segmenter: SegmenterBase
-                 ) -> tuple[DecodedImage, object, np.ndarray | None, np.ndarray | None]:
+    def _prepare(self, image: bytes | DecodedImage, ground_truth: bytes | None, options: RenderRequest,
+                 segmenter: SegmenterBase) -> tuple[DecodedImage, object, np.ndarray | None, np.ndarray | None]:
         self._mark_request_thread()
         # Overlay and cutouts paint on the full-size photo; mask and probability only need the model's size.
         draft = None if options.needs_photo else segmenter.image_size
-        decoded = decode_image(image, max_pixels=self.settings.max_pixels, draft_size=draft)
+        decoded = image if isinstance(image, DecodedImage) else decode_image(
+            image, max_pixels=self.settings.max_pixels, draft_size=draft)
         truth = None
         if ground_truth is not None:
             truth = decode_ground_truth(ground_truth, size=(decoded.width, decoded.height),
@@ -159,9 +160,11 @@ class SegmentationService:
                                         background, threshold=threshold)
         return prediction.foreground_probability, prediction.foreground_fraction, dice, mask_png, rendered
 
-    async def segment(self, image: bytes, *, ground_truth: bytes | None = None, threshold: float | None = None,
-                      output: str | RenderRequest = "mask", model: str | None = None) -> SegmentResult:
-        """``output``: one of ``OUTPUTS``, or a ``RenderRequest`` with the rendering's options (soft edges,
+    async def segment(self, image: bytes | DecodedImage, *, ground_truth: bytes | None = None,
+                      threshold: float | None = None, output: str | RenderRequest = "mask", model: str | None = None
+                      ) -> SegmentResult:
+        """``image``: the upload's bytes, or a photo already decoded at its full size (remove.bg's size caps
+        shrink it first). ``output``: one of ``OUTPUTS``, or a ``RenderRequest`` with the rendering's options (soft edges,
         background, crop, JPEG). ``model``: a name from PETSEG_CHECKPOINTS (None: the default model); an unknown
         one is a 422."""
         self._mark_request_thread()  # the event loop's thread

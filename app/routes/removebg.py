@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from app.compose import Box, subject_box
 from app.deps import ServiceDep
 from app.errors import ApiError
-from app.imaging import decode_image, encode_png
+from app.imaging import DecodedImage, decode_image
 from app.negotiation import preferred_type
 from app.photo_source import fetch_image_url
 from app.removebg import parse_options
@@ -155,9 +155,10 @@ async def removebg(
     photo = await _photo(request, image_file, fields)
     background = await _background(request, bg_image_file, fields)
     options = parse_options(fields, background_image=background)
+    image: bytes | DecodedImage = photo
     if options.max_pixels is not None:
-        photo = await run_in_threadpool(_fit, photo, options.max_pixels, service.settings.max_pixels)
-    result = await service.segment(photo, output=options.render, model=fields.get("model") or None)
+        image = await run_in_threadpool(_fit, photo, options.max_pixels, service.settings.max_pixels)
+    result = await service.segment(image, output=options.render, model=fields.get("model") or None)
     image, media_type = result.output_png, result.media_type
     foreground = await run_in_threadpool(_foreground, result)
     width, height = (result.crop.width, result.crop.height) if result.crop else (result.width, result.height)
@@ -218,15 +219,16 @@ def _from_base64(text: str) -> bytes:
         raise ApiError(400, "image_file_b64 is not valid base64") from None
 
 
-def _fit(photo: bytes, max_answer_pixels: int, max_pixels: int) -> bytes:
-    """The photo shrunk (INTER_AREA) to at most ``max_answer_pixels``, as a PNG; unchanged when it fits. JPEGs
-    decode at a reduced DCT scale that still leaves both sides at least the target's."""
+def _fit(photo: bytes, max_answer_pixels: int, max_pixels: int) -> DecodedImage:
+    """The photo, decoded and shrunk (INTER_AREA) to at most ``max_answer_pixels``; as it is when it fits. JPEGs
+    decode at a reduced DCT scale that still leaves both sides at least the target's. The pixels go to the
+    service as they are: a PNG in between cost more than the rest of the request at 4 megapixels."""
     decoded = decode_image(photo, max_pixels=max_pixels, draft_size=math.isqrt(max_answer_pixels) + 1)
     if decoded.width * decoded.height <= max_answer_pixels:
-        return photo
+        return decoded  # a draft never shrinks a photo that fits: both its sides cannot exceed the target's
     scale = math.sqrt(max_answer_pixels / (decoded.width * decoded.height))
     size = (max(1, math.floor(decoded.width * scale)), max(1, math.floor(decoded.height * scale)))
-    return encode_png(cv2.resize(decoded.rgb, size, interpolation=cv2.INTER_AREA))
+    return DecodedImage(cv2.resize(decoded.rgb, size, interpolation=cv2.INTER_AREA), *size, decoded.format)
 
 
 def _foreground(result: SegmentResult) -> Box:

@@ -10,6 +10,7 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -135,6 +136,16 @@ def test_size_caps_the_answer_keeping_the_aspect(api: TestClient, size: str,
     assert (int(response.headers["x-width"]), int(response.headers["x-height"])) == expected
     left, top, width, _ = header_box(response)
     assert abs(left - expected[0] // 4) <= 3 and abs(width - expected[0] // 2) <= 4
+
+
+def test_a_capped_answer_is_drawn_on_the_shrunk_photo(api: TestClient) -> None:
+    big = jpeg_bytes(blob_image(800, 600, seed=1)[0])
+    cutout = np.asarray(ok(removebg(api, upload(big), size="preview")))
+    with Image.open(io.BytesIO(big)) as photo:
+        shrunk = cv2.resize(np.asarray(photo.convert("RGB")), (577, 433), interpolation=cv2.INTER_AREA)
+    visible = cutout[..., 3] > 0
+    assert visible.any()
+    np.testing.assert_array_equal(cutout[..., :3][visible], shrunk[visible])
 
 
 @pytest.mark.parametrize(("form", "mode", "media"), [
