@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import rendering
 from app.batching import BatchRunner
-from app.compose import Box
+from app.compose import Box, subject_box
 from app.config import DEFAULT_MODEL_NAME, Settings
 from app.cores import defer_to_model_lanes, usable_cores
 from app.imaging import DecodedImage, decode_ground_truth, decode_image, encode_mask_png
@@ -52,6 +52,8 @@ class SegmentResult:
     model: str = DEFAULT_MODEL_NAME  # the name of the model that answered
     media_type: str = "image/png"
     crop: Box | None = None  # where the rendering was cut from the photo, when cropped
+    # when asked for (segment(foreground_box=True)): the mask's bounding box in the photo's pixels; 0x0 if empty
+    foreground: Box | None = None
 
 
 class SegmentationService:
@@ -146,8 +148,8 @@ class SegmentationService:
         return decoded, segmenter.preprocess(decoded.rgb), truth, background
 
     def _finish(self, prob_small: np.ndarray, decoded: DecodedImage, truth: np.ndarray | None, threshold: float,
-                options: RenderRequest, background: np.ndarray | None
-                ) -> tuple[float, float, float | None, bytes, rendering.Rendered]:
+                options: RenderRequest, background: np.ndarray | None, foreground_box: bool
+                ) -> tuple[float, float, float | None, bytes, rendering.Rendered, Box | None]:
         self._mark_request_thread()
         prob_small = drop_small_blobs(prob_small, threshold, self.settings.min_blob_ratio)
         prediction = to_full_size(prob_small, (decoded.width, decoded.height), threshold)
@@ -158,15 +160,17 @@ class SegmentationService:
         else:
             rendered = rendering.render(options, prediction, prob_small, decoded.rgb if options.needs_photo else None,
                                         background, threshold=threshold)
-        return prediction.foreground_probability, prediction.foreground_fraction, dice, mask_png, rendered
+        foreground = (subject_box(prediction.mask) or Box(0, 0, 0, 0)) if foreground_box else None
+        return prediction.foreground_probability, prediction.foreground_fraction, dice, mask_png, rendered, foreground
 
     async def segment(self, image: bytes | DecodedImage, *, ground_truth: bytes | None = None,
-                      threshold: float | None = None, output: str | RenderRequest = "mask", model: str | None = None
-                      ) -> SegmentResult:
+                      threshold: float | None = None, output: str | RenderRequest = "mask", model: str | None = None,
+                      foreground_box: bool = False) -> SegmentResult:
         """``image``: the upload's bytes, or a photo already decoded at its full size (remove.bg's size caps
-        shrink it first). ``output``: one of ``OUTPUTS``, or a ``RenderRequest`` with the rendering's options (soft edges,
-        background, crop, JPEG). ``model``: a name from PETSEG_CHECKPOINTS (None: the default model); an unknown
-        one is a 422."""
+        shrink it first). ``output``: one of ``OUTPUTS``, or a ``RenderRequest`` with the rendering's options
+        (soft edges, background, crop, JPEG). ``model``: a name from PETSEG_CHECKPOINTS (None: the default
+        model); an unknown one is a 422. ``foreground_box``: also find the mask's bounding box (a pass over the
+        full-size mask, ~2 ms at 12 megapixels, so only when asked)."""
         self._mark_request_thread()  # the event loop's thread
         options = output if isinstance(output, RenderRequest) else RenderRequest(output)
         served = self.models.get(model)
@@ -177,8 +181,8 @@ class SegmentationService:
         prob_small = await self.runner.submit(tensor, self.settings.request_timeout_s,  # type: ignore[arg-type]
                                               None if served.is_default else served.name)
         inference_ms = (time.perf_counter() - started) * 1000.0
-        mean_prob, fraction, dice, mask_png, rendered = await run_in_threadpool(
-            self._finish, prob_small, decoded, truth, threshold, options, background)
+        mean_prob, fraction, dice, mask_png, rendered, foreground = await run_in_threadpool(
+            self._finish, prob_small, decoded, truth, threshold, options, background, foreground_box)
         return SegmentResult(decoded.width, decoded.height, threshold, mean_prob, fraction, dice, mask_png,
                              options.output, rendered.data, inference_ms, served.name, rendered.media_type,
-                             rendered.box)
+                             rendered.box, foreground)

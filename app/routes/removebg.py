@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import math
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 import cv2
-import numpy as np
 from fastapi import APIRouter, File, Form, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from app.compose import Box, subject_box
+from app.compose import Box
 from app.deps import ServiceDep
 from app.errors import ApiError
 from app.imaging import DecodedImage, decode_image
@@ -158,9 +155,10 @@ async def removebg(
     image: bytes | DecodedImage = photo
     if options.max_pixels is not None:
         image = await run_in_threadpool(_fit, photo, options.max_pixels, service.settings.max_pixels)
-    result = await service.segment(image, output=options.render, model=fields.get("model") or None)
+    result = await service.segment(image, output=options.render, model=fields.get("model") or None,
+                                   foreground_box=True)
     image, media_type = result.output_png, result.media_type
-    foreground = await run_in_threadpool(_foreground, result)
+    foreground = _foreground(result)
     width, height = (result.crop.width, result.crop.height) if result.crop else (result.width, result.height)
     headers = {"X-Width": str(width), "X-Height": str(height), "X-Type": FOREGROUND_TYPE,
                "X-Credits-Charged": "0", "X-Model-Name": result.model,
@@ -233,12 +231,9 @@ def _fit(photo: bytes, max_answer_pixels: int, max_pixels: int) -> DecodedImage:
 
 def _foreground(result: SegmentResult) -> Box:
     """The pet's bounding box in the answer's pixels (from the mask; all zero when no pet was found)."""
-    with Image.open(io.BytesIO(result.mask_png)) as image:
-        mask = np.asarray(image)
-    box = subject_box(mask)
-    if box is None:
-        return Box(0, 0, 0, 0)
-    if result.crop is None:
+    box = result.foreground
+    assert box is not None, "segment(..., foreground_box=True) finds the box"
+    if box.width == 0 or result.crop is None:
         return box
     crop = result.crop
     left, top = max(box.x - crop.x, 0), max(box.y - crop.y, 0)

@@ -113,6 +113,14 @@ def test_the_photo_as_base64_or_json_gives_the_same_answer(api: TestClient) -> N
     assert api.post(PATH, data={"image_file_b64": wrapped}).content == expected
 
 
+def test_the_foreground_box_is_the_masks_bounding_box(api: TestClient) -> None:
+    mask = np.asarray(ok(api.post("/segment?format=png", files={"image": ("pet.jpg", PHOTO, "image/jpeg")})))
+    rows, cols = np.nonzero(mask)
+    assert rows.size  # the pet_forward model finds a pet
+    expected = (int(cols.min()), int(rows.min()), int(np.ptp(cols)) + 1, int(np.ptp(rows)) + 1)
+    assert header_box(removebg(api)) == expected
+
+
 def test_json_answer_when_preferred(api: TestClient) -> None:
     image = removebg(api).content
     response = api.post(PATH, files=upload(), headers={"Accept": "application/json"})
