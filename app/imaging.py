@@ -18,7 +18,7 @@ from app.errors import ApiError
 from models.pngwrite import encode_gray_png
 from models.pngwrite import encode_png as write_png
 
-__all__ = ["DecodedImage", "decode_ground_truth", "decode_image", "encode_mask_png", "encode_png", "overlay_rgb"]
+__all__ = ["DecodedImage", "decode_ground_truth", "decode_image", "encode_mask_png", "encode_png"]
 
 SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"}
 _ORIENTATION_SWAPS_AXES = {5, 6, 7, 8}
@@ -165,11 +165,3 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
     if mask.dtype == bool:
         mask = mask.astype(np.uint8) * 255
     return encode_gray_png(np.ascontiguousarray(mask), threads=_png_threads(mask.size >= _PARALLEL_PNG_PIXELS))
-
-
-def overlay_rgb(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The photo tinted red where ``mask`` (boolean, HxW) is set: 55% photo, 45% tint."""
-    out = rgb.copy()
-    tint = np.array([255, 64, 64], dtype=np.uint16)
-    out[mask] = ((rgb[mask].astype(np.uint16) * 55 + tint * 45) // 100).astype(np.uint8)
-    return out

@@ -17,8 +17,9 @@ from PIL import Image
 
 from app.compose import Box, Colour, Margin, composite, crop_to_subject, parse_colour, parse_margin
 from app.errors import ApiError
-from app.imaging import encode_mask_png, encode_png, overlay_rgb
+from app.imaging import encode_mask_png, encode_png
 from app.postprocess import FullSizePrediction
+from models.overlay import tint
 from models.refine import guided_upsample
 
 __all__ = ["ALPHA_CONTRAST", "JPEG_QUALITY", "OUTPUTS", "RenderRequest", "Rendered", "render", "render_request"]
@@ -170,7 +171,7 @@ def render(request: RenderRequest, prediction: FullSizePrediction, prob_small: n
         array = probability
     elif request.output == "overlay":
         assert rgb is not None, "the overlay needs the full-size photo"
-        array = overlay_rgb(rgb, mask > 0)
+        array = tint(rgb, mask)
     else:
         assert rgb is not None, "a cutout needs the full-size photo"
         array = composite(rgb, alpha, background if background is not None else request.background)

@@ -29,8 +29,8 @@ from PIL import Image
 from app.compose import composite
 from app.cores import usable_cores
 from app.imaging import encode_png as service_png
-from app.imaging import overlay_rgb
 from bench.common import machine_info, markdown_table, synthetic_photo
+from models.overlay import tint
 from models.pngwrite import encode_png
 
 SIZES = ((500, 375), (4000, 3000))
@@ -61,7 +61,7 @@ def pictures(width: int, height: int) -> dict[str, tuple[Callable[[], bytes], Ca
     inside = ((xx - width / 2) / (0.4 * width)) ** 2 + ((yy - height / 2) / (0.4 * height)) ** 2 < 1
     alpha = inside.astype(np.uint8) * 255  # an ellipse over half of the photo
     probability = cv2.GaussianBlur(alpha, (0, 0), max(2.0, width / 100))  # smooth, as up-sampled maps are
-    overlay = overlay_rgb(photo, inside)
+    overlay = tint(photo, inside)
     return {
         "probability (L)": (lambda: pillow_png(probability), lambda: encode_png(probability, 1),
                             lambda: service_png(probability)),

@@ -10,6 +10,8 @@ matplotlib.use("Agg")  # headless: servers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from models.overlay import tint  # noqa: E402
+
 __all__ = ["plot_history", "save_comparison_grid"]
 
 
@@ -36,15 +38,6 @@ def plot_history(history: dict[str, list[float]], path: Path) -> Path:
     return path
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 64, 64),
-            alpha: float = 0.45) -> np.ndarray:
-    """Tint the mask's pixels of an RGB uint8 image."""
-    out = image.astype(np.float32).copy()
-    tint = np.array(color, dtype=np.float32)
-    out[mask > 0] = (1 - alpha) * out[mask > 0] + alpha * tint
-    return out.clip(0, 255).astype(np.uint8)
-
-
 def save_comparison_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]], path: Path,
                          title: str | None = None) -> Path:
     """One row per image: image | ground truth | prediction overlay. ``rows``: (name, rgb, truth|None, pred)."""
@@ -56,7 +49,7 @@ def save_comparison_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray | None
         if truth is not None:
             axes[r][1].imshow(truth, cmap="gray", vmin=0, vmax=1)
             axes[r][1].set_title("ground truth", fontsize=8)
-        axes[r][2].imshow(overlay(image, pred))
+        axes[r][2].imshow(tint(image, pred))
         axes[r][2].set_title("prediction", fontsize=8)
         for ax in axes[r]:
             ax.axis("off")

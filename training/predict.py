@@ -21,11 +21,12 @@ import numpy as np
 from tqdm import tqdm
 
 from models.atomic_files import write_atomically
+from models.overlay import tint
 from models.pngwrite import encode_gray_png, encode_png
 from training.cli import add_common_flags, add_inference_flags, open_engine, run_cli, setup_logging
 from training.data import SPLITS, Sample, list_split, load_sample
 from training.images import DatasetFileError, read_rgb
-from training.plots import overlay, save_comparison_grid
+from training.plots import save_comparison_grid
 from training.shards import parse_shard, take_shard
 
 log = logging.getLogger("training.predict")
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             mask = segmenter.predict(image) > args.threshold
             if args.overlay:
-                save_png(overlay(image, mask), out / f"{name}_overlay.png")
+                save_png(tint(image, mask), out / f"{name}_overlay.png")
             save_png(mask.astype(np.uint8) * 255, out / f"{name}_mask.png")
             if index in grid_pick:
                 grid_rows.append((name, image, truth, mask))
