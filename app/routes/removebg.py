@@ -152,10 +152,10 @@ async def removebg(
     photo = await _photo(request, image_file, fields)
     background = await _background(request, bg_image_file, fields)
     options = parse_options(fields, background_image=background)
-    image: bytes | DecodedImage = photo
+    source: bytes | DecodedImage = photo
     if options.max_pixels is not None:
-        image = await run_in_threadpool(_fit, photo, options.max_pixels, service.settings.max_pixels)
-    result = await service.segment(image, output=options.render, model=fields.get("model") or None,
+        source = await run_in_threadpool(_fit, photo, options.max_pixels, service.settings.max_pixels)
+    result = await service.segment(source, output=options.render, model=fields.get("model") or None,
                                    foreground_box=True)
     image, media_type = result.output_png, result.media_type
     foreground = _foreground(result)
