@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -345,6 +346,19 @@ async def drive_repeated(url: str, spec: RequestSpec, *, concurrency: int, max_r
 
 
 # ------------------------------------------------------------------------------------- numbers and output
+def median_ms(work: Callable[[], object], repeats: int, *, warm_up: bool = True) -> float:
+    """Median milliseconds of ``repeats`` calls of ``work``; after one untimed call (allocations, thread pools)
+    unless the caller made it."""
+    if warm_up:
+        work()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000.0
+
+
 def percentile_ms(seconds: Sequence[float], q: float) -> float | None:
     return float(np.percentile(np.asarray(seconds) * 1000.0, q)) if seconds else None
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
-import time
 from collections.abc import Callable
 
 import cv2
@@ -29,7 +27,7 @@ from PIL import Image
 from app.compose import composite
 from app.cores import usable_cores
 from app.imaging import encode_png as service_png
-from bench.common import machine_info, markdown_table, synthetic_photo
+from bench.common import machine_info, markdown_table, median_ms, synthetic_photo
 from models.overlay import tint
 from models.pngwrite import encode_png
 from models.runtime import keep_freed_memory
@@ -37,15 +35,10 @@ from models.runtime import keep_freed_memory
 SIZES = ((500, 375), (4000, 3000))
 
 
-def median_ms(work: Callable[[], bytes], repeats: int) -> tuple[float, int]:
-    """Median milliseconds of ``work`` and the size of what it wrote."""
-    written = work()  # first call: allocations, the thread pool
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000.0, len(written)
+def _time_and_size(work: Callable[[], bytes], repeats: int) -> tuple[float, int]:
+    """Median milliseconds of ``work`` and the size of what it writes (the untimed first call)."""
+    size = len(work())
+    return median_ms(work, repeats, warm_up=False), size
 
 
 def pillow_png(array: np.ndarray) -> bytes:
@@ -83,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for width, height in SIZES:
         for answer, (pillow, one_thread, service) in pictures(width, height).items():
-            cells = [median_ms(work, args.repeats) for work in (pillow, one_thread, service)]
+            cells = [_time_and_size(work, args.repeats) for work in (pillow, one_thread, service)]
             (old_ms, _), (_, _), (new_ms, _) = cells
             rows.append([f"{width}x{height}", answer,
                          *(f"{ms:.1f} ms, {size / 1024:.0f} KB" for ms, size in cells),

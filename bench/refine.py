@@ -10,30 +10,17 @@ prints each as a ratio against ``to_full_size`` of the same photo in the same ru
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 
 from app.postprocess import to_full_size
 from app.rendering import ALPHA_CONTRAST
-from bench.common import machine_info, markdown_table, synthetic_photo
+from bench.common import machine_info, markdown_table, median_ms, synthetic_photo
 from models.refine import guided_upsample
 from models.runtime import keep_freed_memory
 
 SIZES = ((500, 375), (4000, 3000))
 MODEL_SIZE = 192  # the embedded model's input size
-
-
-def median_ms(work: Callable[[], object], repeats: int) -> float:
-    work()  # first call: allocations, OpenCV's thread pool
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000.0
 
 
 def main(argv: list[str] | None = None) -> None:
