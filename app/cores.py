@@ -20,14 +20,11 @@ import os
 import threading
 from collections.abc import Iterator
 
+from models.runtime import usable_cores
+
 __all__ = ["CoreShare", "defer_to_model_lanes", "usable_cores"]
 
 _this_thread = threading.local()
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask, e.g. a container's cpuset), not the machine's."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def defer_to_model_lanes() -> bool:

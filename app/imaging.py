@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from app.cores import usable_cores
 from app.errors import ApiError
 from models.pngwrite import encode_gray_png
 from models.pngwrite import encode_png as write_png
@@ -143,25 +142,14 @@ def decode_ground_truth(data: bytes, *, size: tuple[int, int], max_pixels: int, 
                         f"{'...' if len(present) > 8 else ''}")
 
 
-# Masks (long runs of 0 and 255) cost ~0.4 ns a pixel to deflate (a 4000x3000 one 4.9 ms on one core), so only
-# the big ones are split across the cores; pictures cost ~15 ns a byte (a 500x375 RGB overlay ~8 ms on one
-# core, ~6 on two), so splitting them pays from a few hundred kilobytes. Below these sizes thread hand-offs cost more than they save.
-_PARALLEL_PNG_PIXELS = 2_000_000
-_PARALLEL_PICTURE_BYTES = 256 * 1024
-
-
-def _png_threads(parallel: bool) -> int:
-    return min(usable_cores(), 8) if parallel else 1
-
-
 def encode_png(array: np.ndarray) -> bytes:
     """PNG of a picture (HxW gray, HxWx3 RGB or HxWx4 RGBA uint8): Up row filter and zlib-ng (models.pngwrite),
     split across the cores when large."""
-    return write_png(array, _png_threads(array.nbytes >= _PARALLEL_PICTURE_BYTES))
+    return write_png(array)
 
 
 def encode_mask_png(mask: np.ndarray) -> bytes:
     """8-bit grayscale PNG of a mask: 255 pet, 0 background. Accepts booleans or 0/255 uint8."""
     if mask.dtype == bool:
         mask = mask.astype(np.uint8) * 255
-    return encode_gray_png(np.ascontiguousarray(mask), threads=_png_threads(mask.size >= _PARALLEL_PNG_PIXELS))
+    return encode_gray_png(np.ascontiguousarray(mask))

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw
 
 from models import build_model
 from models.checkpoint import Checkpoint, save_checkpoint
+from models.runtime import usable_cores
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
@@ -75,7 +76,7 @@ def _memory_gb() -> float:
 
 def machine_info() -> Machine:
     model, flags = _cpuinfo()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    usable = usable_cores()
     cuda = torch.cuda.is_available()
     return Machine(
         cpu=model, cpu_flags=[f for f in CPU_FLAGS if f in flags], logical_cores=os.cpu_count() or 1,

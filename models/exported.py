@@ -28,7 +28,7 @@ from models.checkpoint import Checkpoint, file_sha256
 from models.export_cache import cached_file
 from models.inference import SegmenterBase, SegmenterInfo, noise_batch
 from models.onnx_export import INPUT_NAME, OUTPUT_NAME, build_onnx, folded_fp32_model, normalise_pixels, save_onnx
-from models.runtime import intra_op_threads
+from models.runtime import intra_op_threads, usable_cores
 
 __all__ = ["EXPORTED_RUNTIMES", "ExportedSegmenter", "exported_model"]
 
@@ -190,8 +190,7 @@ class _OpenVino(_Backend):
         self._requests = threading.local()
 
     def _compile(self, threads: int) -> Any:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        streams = max(1, cores // max(1, threads))
+        streams = max(1, usable_cores() // max(1, threads))
         return self._core.compile_model(self._model, "CPU", {
             "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams * threads, "INFERENCE_PRECISION_HINT": "f32",
             "ENABLE_CPU_PINNING": False})

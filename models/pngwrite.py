@@ -26,6 +26,8 @@ import numpy as np
 # zlib-ng: the deflate format of zlib, ~7x faster here (SIMD run matching, checksums)
 from zlib_ng import zlib_ng as zlib
 
+from models.runtime import usable_cores
+
 __all__ = ["MASK_SETTINGS", "PICTURE_SETTINGS", "DeflateSettings", "adler32_combine", "encode_gray_png",
            "encode_png"]
 
@@ -43,10 +45,15 @@ class DeflateSettings:
     row_filter: int  # FILTER_NONE or FILTER_UP
     level: int  # zlib-ng: 1 is its quick matcher; 2 finds the longer matches that filtered photos have
     strategy: int
+    parallel_from: int  # bytes from which bands go to several threads; below, hand-offs cost more than they save
 
 
-MASK_SETTINGS = DeflateSettings(FILTER_NONE, 1, zlib.Z_RLE)
-PICTURE_SETTINGS = DeflateSettings(FILTER_UP, 2, zlib.Z_DEFAULT_STRATEGY)
+# Masks cost ~0.4 ns a byte to deflate (a 4000x3000 one 4.9 ms on one core), so only the big ones are split;
+# pictures cost ~15 ns a byte (a 500x375 RGB overlay ~8 ms on one core, ~4 on two: python -m bench.png), so
+# splitting them pays from a few hundred kilobytes.
+MASK_SETTINGS = DeflateSettings(FILTER_NONE, 1, zlib.Z_RLE, parallel_from=2_000_000)
+PICTURE_SETTINGS = DeflateSettings(FILTER_UP, 2, zlib.Z_DEFAULT_STRATEGY, parallel_from=256 * 1024)
+MAX_THREADS = 8
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
@@ -97,14 +104,18 @@ def _compress_band(lines: np.ndarray, start: int, stop: int, last: bool, setting
     return data, zlib.adler32(rows), rows.size
 
 
-def encode_png(image: np.ndarray, threads: int, settings: DeflateSettings = PICTURE_SETTINGS) -> bytes:
-    """PNG bytes of an HxW or HxWxC (C = 1 to 4) uint8 array, compressed in ``threads`` bands of rows."""
+def encode_png(image: np.ndarray, threads: int | None = None, settings: DeflateSettings = PICTURE_SETTINGS
+               ) -> bytes:
+    """PNG bytes of an HxW or HxWxC (C = 1 to 4) uint8 array, compressed in ``threads`` bands of rows (default:
+    one per usable core, up to ``MAX_THREADS``, from ``settings.parallel_from`` bytes; else one)."""
     channels = 1 if image.ndim == 2 else image.shape[2] if image.ndim == 3 else 0
     if image.dtype != np.uint8 or channels not in _COLOUR_TYPES:
         raise ValueError(f"expected an HxW or HxWxC (C = 1 to 4) uint8 array, got shape {image.shape} "
                          f"dtype {image.dtype}")
     height, width = image.shape[:2]
     lines = np.ascontiguousarray(image).reshape(height, width * channels)
+    if threads is None:
+        threads = min(usable_cores(), MAX_THREADS) if image.nbytes >= settings.parallel_from else 1
     bands = max(1, min(threads, height))
     bounds = np.linspace(0, height, bands + 1).astype(int)
     jobs = [(lines, int(bounds[i]), int(bounds[i + 1]), i == bands - 1, settings) for i in range(bands)]
@@ -122,7 +133,7 @@ def encode_png(image: np.ndarray, threads: int, settings: DeflateSettings = PICT
     return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", stream) + _chunk(b"IEND", b"")
 
 
-def encode_gray_png(image: np.ndarray, threads: int) -> bytes:
+def encode_gray_png(image: np.ndarray, threads: int | None = None) -> bytes:
     """PNG bytes of an HxW uint8 mask (mostly 0 and 255), compressed in ``threads`` bands of rows."""
     if image.ndim != 2 or image.dtype != np.uint8:
         raise ValueError(f"expected an HxW uint8 array, got shape {image.shape} dtype {image.dtype}")

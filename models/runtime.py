@@ -16,7 +16,7 @@ import torch
 
 __all__ = ["COMPILE_MODES", "PRECISIONS", "autocast", "cpu_has_amx", "cpu_supports_bf16", "dtype_of",
            "has_cpp_compiler", "intra_op_threads", "keep_freed_memory", "resolve_compile", "resolve_device",
-           "resolve_precision", "use_intra_op_threads"]
+           "resolve_precision", "usable_cores", "use_intra_op_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 _lane = threading.local()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a container's cpuset), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def use_intra_op_threads(count: int) -> None:
