@@ -15,8 +15,8 @@ from models.registry import UnknownArchitectureError
 from training.download import DownloadError
 from training.images import DatasetFileError
 
-__all__ = ["add_common_flags", "add_inference_flags", "compile_mode_for", "open_engine", "run_cli",
-           "setup_logging"]
+__all__ = ["add_common_flags", "add_inference_flags", "at_least", "compile_mode_for", "open_engine", "run_cli",
+           "setup_logging", "unit_interval"]
 
 # Below this many images a cold compilation (seconds to minutes) costs more than it saves (~15 ms an image).
 COMPILE_MIN_IMAGES = 100
@@ -36,7 +36,7 @@ def setup_logging(verbose: bool = False) -> None:
                         format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
-def _at_least(minimum: int) -> Callable[[str], int]:
+def at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
         if value < minimum:
@@ -50,9 +50,9 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     """Flags shared by train, evaluate and predict (the report's spellings plus kebab-case twins)."""
     parser.add_argument("--data_path", "--data-path", dest="data_path", default="dataset/oxford-iiit-pet",
                         help="dataset root in the official Oxford-IIIT Pet layout")
-    parser.add_argument("--batch_size", "--batch-size", "-b", dest="batch_size", type=_at_least(1), default=8)
+    parser.add_argument("--batch_size", "--batch-size", "-b", dest="batch_size", type=at_least(1), default=8)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--workers", type=_at_least(0), default=2, help="DataLoader worker processes")
+    parser.add_argument("--workers", type=at_least(0), default=2, help="DataLoader worker processes")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
@@ -74,14 +74,15 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", choices=("auto", "on", "off"),
                         default=_env("PETSEG_COMPILE", "auto"),
                         help=f"torch.compile the model; auto = on the CPU for runs of {COMPILE_MIN_IMAGES}+ images")
-    parser.add_argument("--min-blob-ratio", type=_blob_ratio,
+    parser.add_argument("--min-blob-ratio", type=unit_interval,
                         default=os.environ.get("PETSEG_MIN_BLOB_RATIO", "").strip() or str(DEFAULT_MIN_BLOB_RATIO),
                         help="drop detached regions of the mask smaller than this share of the largest one, as the "
                              f"service does (default $PETSEG_MIN_BLOB_RATIO, else {DEFAULT_MIN_BLOB_RATIO}; 0 keeps "
                              "every region)")
 
 
-def _blob_ratio(text: str | float) -> float:
+def unit_interval(text: str | float) -> float:
+    """An argparse type: a number in [0, 1]."""
     try:
         value = float(text)
     except ValueError:
