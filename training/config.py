@@ -40,9 +40,24 @@ class TrainConfig:
     encoder_weights: str | None = None
     ema_decay: float = 0.0
     ema_warmup: bool = True  # see training.ema
+    # teacher-labelled photos (training.pseudo_data); None: the labelled photos alone
+    teacher_images: str | None = None
+    teacher_labels: str | None = None
+    teacher_confidence: float = 0.9  # teacher pixels between 1 - c and c are left out of the loss
+    teacher_edge_band: int = 2  # pixels each side of the teacher's outline left out (trimaps teach the border)
+    teacher_weight: float = 1.0  # a teacher-labelled image's weight in the loss, a labelled image's being 1
+    labelled_repeat: int = 1  # the labelled photos appear this many times an epoch beside the teacher's
+    teacher_holdout: int = 20  # 1 in N teacher-labelled photos (by a hash of the name) never trains; 0 = none
 
     def check(self) -> None:
         """``ValueError`` for options that cannot go together; run before any data is read."""
+        if (self.teacher_images is None) != (self.teacher_labels is None):
+            raise ValueError("--teacher-images and --teacher-labels go together")
+        if self.teacher_labels is not None and self.augment == "copy-paste":
+            raise ValueError("--augment copy-paste cuts pets along two-valued masks; teacher labels have "
+                             "unsure pixels: use --augment strong with --teacher-labels")
+        if not 0.5 <= self.teacher_confidence <= 1.0:
+            raise ValueError(f"--teacher-confidence must be in [0.5, 1], not {self.teacher_confidence}")
         if self.ignore_border and self.augment == "copy-paste":
             raise ValueError("--augment copy-paste cuts pets out along two-valued masks: use --border pet or "
                              "background")

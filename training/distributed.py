@@ -81,4 +81,4 @@ def gather_result(result: EpochResult, info: DistInfo) -> EpochResult:
         merged.intersection += inter
         merged.pred_pixels += pred_px
         merged.target_pixels += target_px
-    return EpochResult(loss_sum / max(count, 1), merged)
+    return EpochResult(loss_sum / max(count, 1), merged, result.source_losses)  # per source: this rank's

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Subset
 from torch.utils.data.distributed import DistributedSampler
 
 from models import build_model
@@ -33,6 +33,14 @@ from training.loop import EpochResult, StepContext, evaluate_epoch, train_one_ep
 from training.losses import BCEDiceLoss
 from training.metrics import SegmentationMetrics
 from training.plots import plot_history
+from training.pseudo_data import (
+    SOURCE_LABELLED,
+    SOURCE_NAMES,
+    SOURCE_TEACHER,
+    TaggedDataset,
+    TeacherLabelledDataset,
+)
+from training.shards import shard_of
 from training.transforms import build_transform
 
 __all__ = ["FitResult", "fit", "seed_everything"]
@@ -80,6 +88,8 @@ def _make_loaders(config: TrainConfig, device: torch.device, info: DistInfo, pro
     if config.limit:
         train_set = Subset(train_set, range(min(config.limit, len(train_set))))
         valid_set = Subset(valid_set, range(min(config.limit, len(valid_set))))
+    if config.teacher_labels is not None:
+        train_set = _with_teacher_labels(train_set, config, progress)
     holding_out = config.fold is not None
     if len(train_set) == 0 or (holding_out and len(valid_set) == 0):
         raise ValueError(f"{config.data_path}: the train and valid splits need at least one image each "
@@ -97,6 +107,33 @@ def _make_loaders(config: TrainConfig, device: torch.device, info: DistInfo, pro
     valid_loader = DataLoader(valid_set, config.batch_size, shuffle=False, sampler=valid_sampler,
                               **loader_args) if holding_out else None
     return train_loader, valid_loader, train_sampler
+
+
+def _with_teacher_labels(labelled: Any, config: TrainConfig, progress: bool) -> ConcatDataset:
+    """The labelled photos (``labelled_repeat`` times) and the teacher-labelled ones, each sample tagged with its
+    source; 1 in ``teacher_holdout`` teacher-labelled photos stays out (``teacher_holdout_names``)."""
+    assert config.teacher_images is not None and config.teacher_labels is not None
+    names = None
+    if config.teacher_holdout:
+        every = {p.stem for p in Path(config.teacher_labels).glob("*.png")}
+        names = {n for n in every if not is_teacher_holdout(n, config.teacher_holdout)}
+    teacher = TeacherLabelledDataset(config.teacher_images, config.teacher_labels, image_size=config.image_size,
+                                     confidence=config.teacher_confidence, edge_band=config.teacher_edge_band,
+                                     transform=build_transform(config.augment, config.image_size), names=names,
+                                     progress=progress)
+    if config.limit:
+        teacher = Subset(teacher, range(min(config.limit, len(teacher))))  # type: ignore[assignment]
+    tagged = TaggedDataset(labelled, SOURCE_LABELLED)
+    log.info("mix: %d labelled photos x %d + %d teacher-labelled photos (loss weight %g; pixels under %.2f "
+             "confidence and %d px each side of the teacher's outline left out)", len(labelled),
+             config.labelled_repeat, len(teacher), config.teacher_weight, config.teacher_confidence,
+             config.teacher_edge_band)
+    return ConcatDataset([tagged] * config.labelled_repeat + [teacher])
+
+
+def is_teacher_holdout(name: str, every: int) -> bool:
+    """Whether a teacher-labelled photo is held out of training (1 in ``every``, by a hash of its name)."""
+    return every > 0 and shard_of(name, every) == 0
 
 
 def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
@@ -188,7 +225,8 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
         log.info("nothing to do: the checkpoint already reached epoch %d of %d", start_epoch - 1, config.epochs)
 
     ctx = StepContext(device, precision, config.channels_last, BCEDiceLoss(), optimizer, scaler, scheduler,
-                      config.clip_grad_norm, progress, weight_average=average)
+                      config.clip_grad_norm, progress, weight_average=average,
+                      source_weights={SOURCE_TEACHER: config.teacher_weight})
     evaluated = average.module if average is not None else model
     saved = average.module if average is not None else core
     if info.is_main:
@@ -211,6 +249,9 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
         if average is not None and valid_loader is not None:  # what the average buys, epoch by epoch
             trained = evaluate_epoch(model, valid_loader, ctx, desc="valid (trained weights)", reduce=reduce)
             metrics[TRAINED_DICE] = trained.metrics.summary()["dice"]
+        for source, value in train.source_losses.items():  # the mix: each source's loss on its own
+            metrics[f"train_loss_{SOURCE_NAMES[source]}"] = value
+            history.setdefault(f"train_loss_{SOURCE_NAMES[source]}", [])
         seconds = time.perf_counter() - started
         lr = optimizer.param_groups[0]["lr"]
         for key, value in {"epoch": epoch, **metrics, "lr": lr, "seconds": seconds}.items():
@@ -221,10 +262,12 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
             best_dice, best_epoch = metrics["val_dice"], epoch
         if info.is_main:
             trained_note = f" (trained weights {metrics[TRAINED_DICE]:.4f})" if TRAINED_DICE in metrics else ""
+            by_source = "".join(f" | {key[len('train_loss_'):]} photos' loss {value:.4f}" for key, value in
+                                metrics.items() if key.startswith("train_loss_"))
             log.info("epoch %d/%d  train loss %.4f dice %.4f | valid loss %.4f dice %.4f%s iou %.4f | lr %.2e | "
-                     "%.1fs%s", epoch, config.epochs, metrics["train_loss"], metrics["train_dice"],
+                     "%.1fs%s%s", epoch, config.epochs, metrics["train_loss"], metrics["train_dice"],
                      metrics["val_loss"], metrics["val_dice"], trained_note, metrics["val_iou"], lr, seconds,
-                     "  * best" if improved and valid_loader is not None else "")
+                     by_source, "  * best" if improved and valid_loader is not None else "")
             state = {"optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict() if scheduler else None,
                      "scaler": scaler.state_dict() if scaler else None,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -12,6 +12,7 @@ from tqdm import tqdm
 from models.runtime import autocast
 from training.ema import WeightAverage
 from training.images import MASK_IGNORE
+from training.losses import loss_by_source
 from training.metrics import SegmentationMetrics
 
 __all__ = ["EpochResult", "StepContext", "evaluate_epoch", "train_one_epoch"]
@@ -31,6 +32,7 @@ class StepContext:
     clip_grad_norm: float = 0.0
     progress: bool = True
     weight_average: WeightAverage | None = None
+    source_weights: dict[int, float] = field(default_factory=dict)  # loss weight per sample ``source`` tag
 
     def to_device(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         non_blocking = self.device.type == "cuda"
@@ -45,6 +47,7 @@ class StepContext:
 class EpochResult:
     loss: float
     metrics: SegmentationMetrics
+    source_losses: dict[int, float] = field(default_factory=dict)  # per ``source`` tag, mean per image
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, Any]], ctx: StepContext, desc: str = "train",
@@ -54,12 +57,21 @@ def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, Any]], ctx: Ste
     model.train()
     metrics = SegmentationMetrics()
     loss_sum, seen = 0.0, 0
+    source_sums: dict[int, list[float]] = {}  # source -> [loss x images, images]
     bar = tqdm(loader, desc=desc, unit="batch", disable=not ctx.progress, leave=False)
     for batch in bar:
         images, masks = ctx.to_device(batch)
         with autocast(ctx.device, ctx.precision):
             logits = model(images)
-        loss = ctx.criterion(logits, masks)  # the loss casts to fp32 itself
+        if "source" in batch:  # a labelled + teacher-labelled mix: each source's loss apart, weighed
+            loss, parts = loss_by_source(ctx.criterion, logits, masks, batch["source"].to(masks.device),
+                                         ctx.source_weights)
+            for source, (part, count) in parts.items():
+                sums = source_sums.setdefault(source, [0.0, 0])
+                sums[0] += part * count
+                sums[1] += count
+        else:
+            loss = ctx.criterion(logits, masks)  # the loss casts to fp32 itself
         ctx.optimizer.zero_grad(set_to_none=True)
         if ctx.scaler is not None:
             ctx.scaler.scale(loss).backward()
@@ -82,7 +94,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, Any]], ctx: Ste
         seen += batch_size
         metrics.update(logits.detach() > 0, masks == 1, list(batch["name"]), ignore=masks == MASK_IGNORE)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-    result = EpochResult(loss_sum / max(seen, 1), metrics)
+    result = EpochResult(loss_sum / max(seen, 1), metrics, {s: total / count for s, (total, count) in
+                                                            source_sums.items() if count})
     return reduce(result) if reduce else result
 
 

@@ -44,3 +44,23 @@ class BCEDiceLoss(nn.Module):
         bce = F.binary_cross_entropy_with_logits(logits.float(), target01, weight=weight, reduction="sum")
         bce = bce / weight.sum().clamp(min=1.0)  # the mean over scored pixels (all of them without an ignore band)
         return self.bce_weight * bce + self.dice_weight * _soft_dice_loss(logits, target01, weight)
+
+
+def loss_by_source(criterion: nn.Module, logits: Tensor, target: Tensor, sources: Tensor,
+                   weights: dict[int, float]) -> tuple[Tensor, dict[int, tuple[float, int]]]:
+    """The batch's loss with each source's images weighed by ``weights[source]`` (1 when absent), and each
+    source's own loss and image count, for the log.
+
+    Each source's loss is ``criterion`` on its images alone; the total is their mean weighted by weight x count,
+    so with every weight 1 an image counts the same whatever its source."""
+    total, norm = logits.new_zeros((), dtype=torch.float32), 0.0
+    parts: dict[int, tuple[float, int]] = {}
+    for source in torch.unique(sources).tolist():
+        chosen = (sources == source).nonzero(as_tuple=True)[0]
+        part = criterion(logits[chosen], target[chosen])
+        count = int(chosen.numel())
+        weight = float(weights.get(int(source), 1.0))
+        total = total + part * (weight * count)
+        norm += weight * count
+        parts[int(source)] = (float(part.detach()), count)
+    return total / max(norm, 1e-12), parts

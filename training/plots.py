@@ -21,6 +21,9 @@ def plot_history(history: dict[str, list[float]], path: Path) -> Path:
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, history.get("train_loss", []), label="train")
     ax_loss.plot(epochs, history.get("val_loss", []), label="valid")
+    for key, values in history.items():  # a labelled + teacher-labelled mix: each source's training loss
+        if key.startswith("train_loss_") and len(values) == len(epochs):
+            ax_loss.plot(epochs, values, label=f"train, {key[len('train_loss_'):]} photos", linestyle="--")
     ax_loss.set(title="loss (BCE + Dice)", xlabel="epoch")
     ax_dice.plot(epochs, history.get("train_dice", []), label="train")
     trained = history.get("val_dice_trained")  # runs with a weight average (--ema)

@@ -34,6 +34,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def ema_decay(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -105,6 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --ema: start from a short memory that grows to the decay's (decay min(d, (1 + n) / "
                         "(10 + n)) after n steps), so a short run's average is not held back by its first, random "
                         "weights; --no-ema-warmup keeps the decay fixed from the first step")
+    teacher = p.add_argument_group("teacher-labelled photos (semi-supervised; labels from petseg-pseudolabel)")
+    teacher.add_argument("--teacher-images", default=None, help="folder of photos with teacher labels")
+    teacher.add_argument("--teacher-labels", default=None, help="folder of their label PNGs (and teacher.json)")
+    teacher.add_argument("--teacher-confidence", type=float, default=d.teacher_confidence,
+                         help="teacher pixels with a probability between 1 - c and c are left out of the loss")
+    teacher.add_argument("--teacher-edge-band", type=non_negative_int, default=d.teacher_edge_band,
+                         help="pixels each side of the teacher's outline left out of the loss, so the trimaps "
+                              "alone teach where the border band goes")
+    teacher.add_argument("--teacher-weight", type=positive_float, default=d.teacher_weight,
+                         help="a teacher-labelled image's weight in the loss (a labelled image's is 1)")
+    teacher.add_argument("--labelled-repeat", type=positive_int, default=d.labelled_repeat,
+                         help="show the labelled photos this many times an epoch beside the teacher-labelled ones")
+    teacher.add_argument("--teacher-holdout", type=non_negative_int, default=d.teacher_holdout,
+                         help="keep 1 in N teacher-labelled photos (by a hash of the name) out of training, to "
+                              "measure the student against its teacher on photos it never saw; 0 = none")
     p.add_argument("--download", action="store_true", help="fetch the official archives into --data_path first")
     return p
 
@@ -122,6 +144,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         out=out, resume=resume, cache=args.cache, skip_bad=args.skip_bad,
         limit=args.limit, folds=args.folds, fold=args.fold, init_weights=args.init_weights,
         encoder_weights=args.encoder_weights, ema_decay=args.ema_decay, ema_warmup=args.ema_warmup,
+        teacher_images=args.teacher_images, teacher_labels=args.teacher_labels,
+        teacher_confidence=args.teacher_confidence, teacher_edge_band=args.teacher_edge_band,
+        teacher_weight=args.teacher_weight, labelled_repeat=args.labelled_repeat,
+        teacher_holdout=args.teacher_holdout,
     )
 
 
