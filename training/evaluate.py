@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the --worst images (photo | ground truth | prediction) into this PNG")
     p.add_argument("--folds", type=int, default=10, help="cross-validation folds (see petseg-train --folds)")
     p.add_argument("--fold", type=int, default=0, help="with --split valid: the held-out fold")
+    teacher = p.add_argument_group("against a teacher (photos without trimaps, e.g. new breeds)")
+    teacher.add_argument("--teacher-images", default=None, help="folder of teacher-labelled photos")
+    teacher.add_argument("--teacher-labels", default=None,
+                         help="their label PNGs (petseg-pseudolabel): score the model against the teacher on the "
+                              "photos training held out, per breed, instead of against trimaps")
+    teacher.add_argument("--teacher-holdout", type=int, default=20,
+                         help="the 1-in-N share training held out (petseg-train --teacher-holdout)")
+    teacher.add_argument("--edge-band", type=int, default=2,
+                         help="pixels each side of the teacher's outline left out of the score")
     p.add_argument("--ensemble", action="append", default=[], metavar="CKPT",
                    help="average the probability maps of this checkpoint (repeatable) with --model's: do models "
                         "trained apart fail on the same photos? (one forward pass per model; a diagnostic)")
@@ -153,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def run() -> int:
+        if args.teacher_labels or args.teacher_images:
+            return _against_teacher(args)
         samples = list_split(Path(args.data_path), args.split, args.folds, args.fold)[: args.limit]
         segmenter = open_engine(args, args.model, len(samples))
         if args.ensemble:
@@ -199,6 +210,36 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run_cli(run)
+
+
+def _against_teacher(args: argparse.Namespace) -> int:
+    from training.pseudo_data import held_out_names
+    from training.teacher_agreement import score_against_teacher, worst_per_breed_grid
+
+    if not (args.teacher_labels and args.teacher_images):
+        raise ValueError("--teacher-images and --teacher-labels go together")
+    images, labels = Path(args.teacher_images), Path(args.teacher_labels)
+    names = held_out_names(labels, args.teacher_holdout)[: args.limit]
+    if not names:
+        raise ValueError(f"no held-out photo (1 in {args.teacher_holdout}) has a label in {labels}")
+    segmenter = open_engine(args, args.model, len(names))
+    metrics = score_against_teacher(segmenter, images, labels, names, threshold=args.threshold,
+                                    edge_band=args.edge_band, progress=sys.stderr.isatty())
+    report = {"checkpoint": str(args.model), "teacher_labels": str(labels), "teacher_holdout": args.teacher_holdout,
+              "edge_band": args.edge_band, "threshold": args.threshold, **metrics.summary(),
+              "below_0.7": metrics.share_below(0.7), "per_breed": metrics.by_group(breed_of),
+              "worst": metrics.worst(args.worst), "per_image": dict(zip(metrics.names, metrics.dice, strict=True))}
+    if args.worst_grid:
+        worst_per_breed_grid(segmenter, metrics, images, labels, Path(args.worst_grid), args.threshold)
+    out = Path(args.out) if args.out else Path(args.model).with_name("eval_teacher.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"against the teacher on {report['images']} held-out photos: Dice {report['dice']:.4f}  "
+          f"under 0.7: {report['below_0.7']:.1%}")
+    for breed, row in sorted(report["per_breed"].items(), key=lambda item: item[1]["dice"]):
+        print(f"  {breed}: Dice {row['dice']:.4f} over {row['images']} photos, under 0.7: {row['below_0.7']:.1%}")
+    log.info("report written to %s", out)
+    return 0
 
 
 if __name__ == "__main__":

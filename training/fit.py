@@ -39,8 +39,8 @@ from training.pseudo_data import (
     SOURCE_TEACHER,
     TaggedDataset,
     TeacherLabelledDataset,
+    is_teacher_holdout,
 )
-from training.shards import shard_of
 from training.transforms import build_transform
 
 __all__ = ["FitResult", "fit", "seed_everything"]
@@ -111,7 +111,7 @@ def _make_loaders(config: TrainConfig, device: torch.device, info: DistInfo, pro
 
 def _with_teacher_labels(labelled: Any, config: TrainConfig, progress: bool) -> ConcatDataset:
     """The labelled photos (``labelled_repeat`` times) and the teacher-labelled ones, each sample tagged with its
-    source; 1 in ``teacher_holdout`` teacher-labelled photos stays out (``teacher_holdout_names``)."""
+    source; 1 in ``teacher_holdout`` teacher-labelled photos stays out (``is_teacher_holdout``)."""
     assert config.teacher_images is not None and config.teacher_labels is not None
     names = None
     if config.teacher_holdout:
@@ -129,11 +129,6 @@ def _with_teacher_labels(labelled: Any, config: TrainConfig, progress: bool) -> 
              config.labelled_repeat, len(teacher), config.teacher_weight, config.teacher_confidence,
              config.teacher_edge_band)
     return ConcatDataset([tagged] * config.labelled_repeat + [teacher])
-
-
-def is_teacher_holdout(name: str, every: int) -> bool:
-    """Whether a teacher-labelled photo is held out of training (1 in ``every``, by a hash of its name)."""
-    return every > 0 and shard_of(name, every) == 0
 
 
 def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int

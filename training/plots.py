@@ -42,8 +42,9 @@ def plot_history(history: dict[str, list[float]], path: Path) -> Path:
 
 
 def save_comparison_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]], path: Path,
-                         title: str | None = None) -> Path:
-    """One row per image: image | ground truth | prediction overlay. ``rows``: (name, rgb, truth|None, pred)."""
+                         title: str | None = None, labels: tuple[str, str] = ("ground truth", "prediction")) -> Path:
+    """One row per image: image | ground truth | prediction overlay. ``rows``: (name, rgb, truth|None, pred);
+    ``labels`` names the last two columns."""
     cols = 3
     fig, axes = plt.subplots(len(rows), cols, figsize=(3 * cols, 2.6 * len(rows)), squeeze=False)
     for r, (name, image, truth, pred) in enumerate(rows):
@@ -51,9 +52,9 @@ def save_comparison_grid(rows: Sequence[tuple[str, np.ndarray, np.ndarray | None
         axes[r][0].set_title(name, fontsize=8)
         if truth is not None:
             axes[r][1].imshow(truth, cmap="gray", vmin=0, vmax=1)
-            axes[r][1].set_title("ground truth", fontsize=8)
+            axes[r][1].set_title(labels[0], fontsize=8)
         axes[r][2].imshow(tint(image, pred))
-        axes[r][2].set_title("prediction", fontsize=8)
+        axes[r][2].set_title(labels[1], fontsize=8)
         for ax in axes[r]:
             ax.axis("off")
     if title:

@@ -28,14 +28,25 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from training.images import MASK_IGNORE, DatasetFileError, read_rgb
+from training.shards import shard_of
 
 __all__ = ["SOURCE_LABELLED", "SOURCE_NAMES", "SOURCE_TEACHER", "TaggedDataset", "TeacherLabelledDataset",
-           "soft_to_target"]
+           "held_out_names", "is_teacher_holdout", "read_soft_label", "soft_to_target"]
 
 log = logging.getLogger(__name__)
 SOURCE_LABELLED, SOURCE_TEACHER = 0, 1
 SOURCE_NAMES = {SOURCE_LABELLED: "labelled", SOURCE_TEACHER: "teacher"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def is_teacher_holdout(name: str, every: int) -> bool:
+    """Whether a teacher-labelled photo is held out of training (1 in ``every``, by a hash of its name)."""
+    return every > 0 and shard_of(name, every) == 0
+
+
+def held_out_names(labels: Path, every: int) -> list[str]:
+    """The labelled names in ``labels`` that training leaves out (``is_teacher_holdout``), sorted."""
+    return sorted(p.stem for p in labels.glob("*.png") if is_teacher_holdout(p.stem, every))
 
 
 def soft_to_target(prob: np.ndarray, confidence: float, edge_band: int) -> np.ndarray:

@@ -13,10 +13,9 @@ from PIL import Image
 
 from tests.factories import blob_image
 from tests.training._runs import train
-from training.fit import is_teacher_holdout
 from training.images import MASK_IGNORE
 from training.losses import BCEDiceLoss, loss_by_source
-from training.pseudo_data import SOURCE_TEACHER, TeacherLabelledDataset, soft_to_target
+from training.pseudo_data import SOURCE_TEACHER, TeacherLabelledDataset, is_teacher_holdout, soft_to_target
 
 
 def test_confident_pixels_become_targets_and_unsure_ones_are_left_out() -> None:
@@ -124,3 +123,57 @@ def test_teacher_images_without_labels_or_copy_paste_on_the_mix_are_refused(
         train(pets30, tmp_path / "b", "--teacher-images", str(tmp_path), "--teacher-labels", str(tmp_path),
               "--augment", "copy-paste")
     assert exc.value.code == 2 and "copy-paste" in capsys.readouterr().err
+
+
+class OutlineOf:
+    """A stand-in model whose mask is the blob photo's bright ellipse, optionally cut short on the right."""
+
+    def __init__(self, cut_columns: int = 0) -> None:
+        self.cut_columns = cut_columns
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        prob = (image.mean(axis=2) > 120).astype(np.float32)
+        if self.cut_columns:
+            prob[:, -self.cut_columns:] = 0.0
+        return prob
+
+
+def test_agreement_with_the_teacher_is_scored_on_held_out_photos_with_the_outline_band_left_out(
+        tmp_path: Path) -> None:
+    from training.pseudo_data import held_out_names
+    from training.teacher_agreement import outline_band, score_against_teacher, worst_per_breed_grid
+
+    images, labels = write_teacher_set(tmp_path, count=12)
+    names = held_out_names(labels, 3)
+    assert names and all(is_teacher_holdout(n, 3) for n in names)
+    same = score_against_teacher(OutlineOf(), images, labels, names, edge_band=2, progress=False)
+    assert same.names == names and min(same.dice) > 0.97  # the teacher's mask is that ellipse
+    cut = score_against_teacher(OutlineOf(cut_columns=30), images, labels, names, edge_band=0, progress=False)
+    name = names[0]
+    teacher = np.asarray(Image.open(labels / f"{name}.png")) >= 128
+    pred = OutlineOf(30).predict(np.asarray(Image.open(images / f"{name}.jpg").convert("RGB"))) > 0.5
+    expected = 2 * (teacher & pred).sum() / (teacher.sum() + pred.sum())
+    assert cut.dice[0] == pytest.approx(expected, abs=0.02) and cut.dice[0] < 0.9
+    band = outline_band(np.pad(np.ones((6, 6), bool), 4), 1)  # the square spans rows and columns 4..9
+    assert band[4, 6] and band[3, 6] and band[9, 6] and band[10, 6]  # its edge rows, inside and out
+    assert not band[6, 6] and not band[2, 6] and not band[0, 0]  # its middle, and farther out
+    assert not outline_band(np.ones((5, 5), bool), 0).any()
+    grid = worst_per_breed_grid(OutlineOf(30), cut, images, labels, tmp_path / "grid.png")
+    assert Image.open(grid).size[1] > 200
+
+
+def test_petseg_evaluate_scores_a_checkpoint_against_the_teacher_per_breed(
+        tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.evaluate import main as evaluate
+    from training.pseudo_data import held_out_names
+
+    images, labels = write_teacher_set(tmp_path, count=12)
+    out = tmp_path / "report.json"
+    assert evaluate(["--model", str(tiny_checkpoint), "--runtime", "torch", "--teacher-images", str(images),
+                     "--teacher-labels", str(labels), "--teacher-holdout", "3", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert sorted(report["per_image"]) == held_out_names(labels, 3)
+    assert set(report["per_breed"]) <= {"pug", "Sphynx"} and report["teacher_holdout"] == 3
+    assert "against the teacher on" in capsys.readouterr().out
+    assert evaluate(["--model", str(tiny_checkpoint), "--teacher-labels", str(labels)]) == 2
+    assert "go together" in capsys.readouterr().err
