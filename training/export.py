@@ -159,15 +159,22 @@ def export_onnx_file(checkpoint: Checkpoint, source: Path, out: Path, precision:
     """Write the ONNX model (fp32, or int8 quantised from it), then compare it with PyTorch."""
     _require("ONNX export", ("onnx", "onnxscript") + (("onnxruntime",) if precision == "int8" else ()))
     from models.onnx_export import build_onnx, save_onnx
-    from models.quantize import calibration_photos, calibration_source, quantize_int8
+    from models.quantize import Int8Calibration, calibration_photos, calibration_source, quantize_int8
 
-    photos = calibration_photos(calibration_source(calibration)) if precision == "int8" else []  # fail early
+    carried = Int8Calibration.from_dict(checkpoint.int8_calibration)
+    if precision == "int8" and calibration is None and carried is not None and carried.fits_weights(checkpoint):
+        photos: list[Path] = []  # the checkpoint's own ranges (quantize_int8 checks they fit this export's graph)
+        log.info("int8: using the activation ranges the checkpoint carries (%s)", carried.photos)
+    else:
+        carried = None
+        photos = calibration_photos(calibration_source(calibration)) if precision == "int8" else []  # fail early
     model = build_onnx(checkpoint, checkpoint_sha256=file_sha256(source))
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".petseg-export-", dir=out.parent) as tmp:
         written = save_onnx(model, Path(tmp) / "fp32.onnx")
         if precision == "int8":
-            written = quantize_int8(written, Path(tmp) / "int8.onnx", checkpoint, photos)
+            quantize_int8(written, Path(tmp) / "int8.onnx", checkpoint, photos, ranges=carried)
+            written = Path(tmp) / "int8.onnx"
         _compare_with_torch(checkpoint, written, precision)  # before the file takes its place
         os.replace(written, out)
     log.info("exported %s (epoch %d) to ONNX %s, %s: %.1f MB", checkpoint.arch, checkpoint.epoch, precision, out,

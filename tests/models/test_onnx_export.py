@@ -124,3 +124,33 @@ def test_embedded_model_exports_and_matches_torch_on_real_pets(export_cache: Pat
     rng = np.random.default_rng(2)
     batches.append(rng.standard_normal((2, 3, checkpoint.image_size, checkpoint.image_size), dtype=np.float32))
     assert max_probability_difference(checkpoint, exported, batches) <= TOLERANCE
+
+
+def _int8_runs(path: Path, size: int) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch = np.random.default_rng(3).standard_normal((1, 3, size, size), dtype=np.float32)
+    return session.run(None, {session.get_inputs()[0].name: batch})[0]
+
+
+@pytest.mark.slow
+def test_int8_export_writes_a_quantised_model_calibrated_on_photos_or_on_the_checkpoints_ranges(
+        tiny_checkpoint: Path, pet_dataset: Path, tmp_path: Path) -> None:
+    """The README's int8 command: with --calibration photos, and with the ranges the checkpoint carries."""
+    pytest.importorskip("onnxruntime", reason="int8 needs onnxruntime's quantisation tool")
+    out = tmp_path / "int8.onnx"
+    assert export_main(["--model", str(tiny_checkpoint), "--format", "onnx", "--precision", "int8",
+                        "--calibration", str(pet_dataset), "--out", str(out)]) == 0
+    ops = {node.op_type for node in onnx.load(str(out)).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert _int8_runs(out, 64).shape[-2:] == (64, 64)
+    carrying = tmp_path / "with-ranges.pt"
+    assert export_main(["--model", str(tiny_checkpoint), "--calibration", str(pet_dataset),
+                        "--out", str(carrying)]) == 0
+    from_ranges = tmp_path / "from-ranges.onnx"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PETSEG_CALIBRATION_DATA", str(tmp_path / "nowhere"))  # no photos to fall back on
+        assert export_main(["--model", str(carrying), "--format", "onnx", "--precision", "int8",
+                            "--out", str(from_ranges)]) == 0
+    assert "QuantizeLinear" in {node.op_type for node in onnx.load(str(from_ranges)).graph.node}
