@@ -101,6 +101,16 @@ def threshold_arg(text: str) -> float:
     return value
 
 
+def timeout_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0 seconds")
+    return value
+
+
 def interval_arg(text: str) -> float:
     value = float(text)
     if not MIN_INTERVAL_S <= value <= MAX_INTERVAL_S:
@@ -149,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="probability threshold in [0, 1] (default: the service's)")
     seg.add_argument("--api-key", default=os.environ.get("PETSEG_API_KEY"), metavar="KEY",
                      help="sent as X-API-Key (default: $PETSEG_API_KEY)")
-    seg.add_argument("--timeout", type=float, default=120.0, metavar="S",
+    seg.add_argument("--timeout", type=timeout_arg, default=120.0, metavar="S",
                      help="seconds per request (default 120)")
     return parser
 

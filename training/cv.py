@@ -20,7 +20,7 @@ from pathlib import Path
 
 from models.blobs import DEFAULT_MIN_BLOB_RATIO
 from models.inference import Segmenter
-from training.cli import run_cli, setup_logging
+from training.cli import at_least, run_cli, setup_logging
 from training.data import list_split
 from training.evaluate import Evaluation, draw_worst, evaluate
 from training.train import build_parser as build_train_parser
@@ -36,7 +36,7 @@ def build_parser():  # noqa: ANN201 - argparse's parser, as petseg-train builds 
     p.prog = "petseg-cv"
     p.description = __doc__
     p.set_defaults(folds=5)
-    p.add_argument("--worst", type=int, default=10, help="how many of the worst images to draw")
+    p.add_argument("--worst", type=at_least(0), default=10, help="how many of the worst images to draw")
     return p
 
 

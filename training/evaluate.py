@@ -25,7 +25,15 @@ from tqdm import tqdm
 from models.ensemble import EnsembleSegmenter
 from models.inference import SegmenterBase
 from models.refine import guided_upsample
-from training.cli import add_common_flags, add_inference_flags, open_engine, run_cli, setup_logging
+from training.cli import (
+    add_common_flags,
+    add_inference_flags,
+    at_least,
+    open_engine,
+    run_cli,
+    setup_logging,
+    unit_interval,
+)
 from training.copy_paste import least_pet_window
 from training.data import SPLITS, Sample, list_split, load_pair
 from training.images import TRIMAP_BACKGROUND, TRIMAP_BORDER, trimap_to_mask
@@ -44,12 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--net", "-n", default=None, help="expected architecture (checked against the checkpoint)")
     p.add_argument("--split", choices=SPLITS, default="test")
     add_inference_flags(p)
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=unit_interval, default=0.5, help="probability threshold in [0, 1]")
     p.add_argument("--border", choices=("checkpoint", "pet", "background"), default="checkpoint",
                    help="what trimap border pixels count as (default: as the model was trained)")
-    p.add_argument("--worst", type=int, default=10, help="how many of the worst images to list")
+    p.add_argument("--worst", type=at_least(0), default=10, help="how many of the worst images to list")
     p.add_argument("--out", default=None, help="JSON report path (default: next to the checkpoint)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--limit", type=at_least(1), default=None, help="only the first N images")
     p.add_argument("--refine", choices=REFINEMENTS, default="none",
                    help="up-sampling of the probability map to the photo's size: bilinear (none) or the guided "
                         "filter that follows the photo's edges (guided)")
@@ -65,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--teacher-labels", default=None,
                          help="their label PNGs (petseg-pseudolabel): score the model against the teacher on the "
                               "photos training held out, per breed, instead of against trimaps")
-    teacher.add_argument("--teacher-holdout", type=int, default=20,
+    teacher.add_argument("--teacher-holdout", type=at_least(1), default=20,
                          help="the 1-in-N share training held out (petseg-train --teacher-holdout)")
-    teacher.add_argument("--edge-band", type=int, default=2,
+    teacher.add_argument("--edge-band", type=at_least(0), default=2,
                          help="pixels each side of the teacher's outline left out of the score")
     p.add_argument("--ensemble", action="append", default=[], metavar="CKPT",
                    help="average the probability maps of this checkpoint (repeatable) with --model's: do models "

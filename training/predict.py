@@ -23,7 +23,15 @@ from tqdm import tqdm
 from models.atomic_files import write_atomically
 from models.overlay import tint
 from models.pngwrite import encode_gray_png, encode_png
-from training.cli import add_common_flags, add_inference_flags, open_engine, run_cli, setup_logging
+from training.cli import (
+    add_common_flags,
+    add_inference_flags,
+    at_least,
+    open_engine,
+    run_cli,
+    setup_logging,
+    unit_interval,
+)
 from training.data import SPLITS, Sample, list_split, load_sample
 from training.images import DatasetFileError, read_rgb
 from training.plots import save_comparison_grid
@@ -43,12 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"checkpoint to predict with; {EMBEDDED_MODEL!r} = the embedded default model")
     p.add_argument("--split", choices=SPLITS, default=None, help="predict a dataset split instead of files")
     p.add_argument("--out", default="predictions", help="folder for the mask PNGs")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=unit_interval, default=0.5, help="probability threshold in [0, 1]")
     add_inference_flags(p)
     p.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
     p.add_argument("--grid", default=None, help="write an image | truth | prediction grid PNG here")
     p.add_argument("--grid-rows", type=int, default=6)
-    p.add_argument("--limit", type=int, default=None, help="only the first N inputs (before sharding)")
+    p.add_argument("--limit", type=at_least(1), default=None, help="only the first N inputs (before sharding)")
     p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
                    help="take share I of N (0 <= I < N) of the inputs, by a hash of each name, so N "
                         "processes together predict every photo once; auto/N takes I from "

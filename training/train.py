@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 from models.registry import canonical_arch_name
-from training.cli import add_common_flags, run_cli, setup_logging
+from training.cli import add_common_flags, at_least, run_cli, setup_logging
 from training.config import SCHEDULERS, TrainConfig
 from training.transforms import AUGMENTATIONS
 
 log = logging.getLogger("training.train")
+MIN_IMAGE_SIZE = 32  # below it the deepest feature map of the ResNet-34 encoder would be smaller than a pixel
 
 
 def positive_int(text: str) -> int:
@@ -76,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="checkpoint to resume from (weights, optimizer, schedule, epoch, history); "
                         "'last' or 'best' mean that file in --out")
-    p.add_argument("--image-size", "--image_size", dest="image_size", type=positive_int, default=d.image_size)
+    p.add_argument("--image-size", "--image_size", dest="image_size", type=at_least(MIN_IMAGE_SIZE),
+                   default=d.image_size, help=f"training side in pixels (at least {MIN_IMAGE_SIZE}: the encoder "
+                                              "halves it five times)")
     p.add_argument("--out", default=None, help="output folder (default runs/<net>)")
     p.add_argument("--amp", choices=("auto", "fp32", "bf16", "fp16"), default=d.amp,
                    help="autocast: auto = bf16/fp16 on CUDA, fp32 on CPU; bf16 is fast on CPUs with AMX or "

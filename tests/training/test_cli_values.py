@@ -1,0 +1,75 @@
+"""Nonsense values are refused where they are parsed: one usage line, exit code 2, before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from app.client import main as client_main
+from training.cv import main as cv_main
+from training.evaluate import main as evaluate_main
+from training.predict import main as predict_main
+from training.train import main as train_main
+
+BAD_THRESHOLDS = ["2", "-1", "nan", "half"]
+
+
+def refused(main: Callable[[list[str]], int | None], argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", BAD_THRESHOLDS)
+def test_evaluate_and_predict_refuse_a_threshold_outside_0_1(value: str, tiny_checkpoint: Path, pet_dataset: Path,
+                                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--model", str(tiny_checkpoint), "--data_path", str(pet_dataset), "--threshold", value]
+    assert "--threshold" in refused(evaluate_main, [*common, "--out", str(tmp_path / "r.json")], capsys)
+    assert "--threshold" in refused(predict_main, [*common, "--split", "valid", "--out", str(tmp_path / "p")],
+                                    capsys)
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "p").exists()
+
+
+def test_a_threshold_of_0_or_1_is_accepted_by_the_parser() -> None:
+    from training.evaluate import build_parser
+
+    assert build_parser().parse_args(["--model", "m", "--threshold", "1"]).threshold == 1.0
+    assert build_parser().parse_args(["--model", "m", "--threshold", "0"]).threshold == 0.0
+
+
+@pytest.mark.parametrize("size", ["7", "31", "0", "-64"])
+def test_train_refuses_an_input_the_network_cannot_take(size: str, pet_dataset: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    err = refused(train_main, ["--data_path", str(pet_dataset), "--out", str(tmp_path / "run"), "--image-size", size],
+                  capsys)
+    assert "--image-size" in err and ">= 32" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("main", "argv"), [
+    (evaluate_main, ["--model", "m", "--worst", "-3"]),
+    (cv_main, ["--worst", "-3"]),
+    (evaluate_main, ["--model", "m", "--limit", "0"]),
+    (predict_main, ["--model", "m", "x.jpg", "--limit", "0"]),
+    (client_main, ["segment", "x.jpg", "--timeout", "0"]),
+    (client_main, ["segment", "x.jpg", "--timeout", "nan"]),
+])
+def test_counts_and_timeouts_must_be_positive(main: Callable[[list[str]], int | None], argv: list[str],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    err = refused(main, argv, capsys)
+    assert "error: argument" in err and "Traceback" not in err
+
+
+def test_the_console_script_says_it_in_one_line_without_a_traceback(tiny_checkpoint: Path, pet_dataset: Path
+                                                                    ) -> None:
+    result = subprocess.run([sys.executable, "-m", "training.evaluate", "--model", str(tiny_checkpoint),
+                             "--data_path", str(pet_dataset), "--threshold", "nan"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith("expected a number between 0 and 1, not 'nan'")
