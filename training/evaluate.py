@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.atomic_files import write_atomically
 from models.ensemble import EnsembleSegmenter
 from models.inference import SegmenterBase
 from models.refine import guided_upsample
@@ -56,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--border", choices=("checkpoint", "pet", "background"), default="checkpoint",
                    help="what trimap border pixels count as (default: as the model was trained)")
     p.add_argument("--worst", type=at_least(0), default=10, help="how many of the worst images to list")
-    p.add_argument("--out", default=None, help="JSON report path (default: next to the checkpoint)")
+    p.add_argument("--out", default=None,
+                   help="JSON report path (default: eval_<split>.json in the working directory)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report at that path")
     p.add_argument("--limit", type=at_least(1), default=None, help="only the first N images")
     p.add_argument("--refine", choices=REFINEMENTS, default="none",
                    help="up-sampling of the probability map to the photo's size: bilinear (none) or the guided "
@@ -172,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         if args.teacher_labels or args.teacher_images:
             return _against_teacher(args)
+        name = f"eval_{args.split}_ensemble.json" if args.ensemble else f"eval_{args.split}.json"
+        out = report_path(args.out, name, args.overwrite)  # before minutes of work, not after
         samples = list_split(Path(args.data_path), args.split, args.folds, args.fold)[: args.limit]
         segmenter = open_engine(args, args.model, len(samples))
         if args.ensemble:
@@ -198,10 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             by_name = {s.name: s for s in samples}
             draw_worst([(by_name[str(r["name"])], float(r["dice"]), segmenter) for r in report["worst"]],
                        Path(args.worst_grid), border, title=f"{args.split}: the {len(report['worst'])} worst images")
-        name = f"eval_{args.split}_ensemble.json" if args.ensemble else f"eval_{args.split}.json"
-        out = Path(args.out) if args.out else Path(args.model).with_name(name)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1))
+        write_report(out, report)
         ignored = report["border_ignored"]
         print(f"{args.split}: {summary['images']} images  Dice {summary['dice']:.4f} (micro {summary['dice_micro']:.4f})"
               f"  IoU {summary['iou']:.4f} (micro {summary['iou_micro']:.4f})  under 0.7: {report['below_0.7']:.1%}")
@@ -220,6 +223,27 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(run)
 
 
+def report_path(requested: str | None, default_name: str, overwrite: bool) -> Path:
+    """Where the report goes: ``--out``, else the working directory (never the install or the checkpoint's
+    folder); checked before the work starts."""
+    out = Path(requested) if requested else Path.cwd() / default_name
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: give a file path for the JSON report")
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out} exists: pass --overwrite to replace it, or another --out")
+    folder = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
+    if not folder.is_dir():
+        raise ValueError(f"cannot write {out}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"cannot write {out}: {folder} is not writable")
+    return out
+
+
+def write_report(out: Path, report: dict[str, object]) -> None:
+    data = json.dumps(report, indent=1).encode()
+    write_atomically(out, lambda handle: handle.write(data))
+
+
 def _against_teacher(args: argparse.Namespace) -> int:
     from training.pseudo_data import held_out_names
     from training.teacher_agreement import score_against_teacher, worst_per_breed_grid
@@ -227,6 +251,7 @@ def _against_teacher(args: argparse.Namespace) -> int:
     if not (args.teacher_labels and args.teacher_images):
         raise ValueError("--teacher-images and --teacher-labels go together")
     images, labels = Path(args.teacher_images), Path(args.teacher_labels)
+    out = report_path(args.out, "eval_teacher.json", args.overwrite)
     names = held_out_names(labels, args.teacher_holdout)[: args.limit]
     if not names:
         raise ValueError(f"no held-out photo (1 in {args.teacher_holdout}) has a label in {labels}")
@@ -239,9 +264,7 @@ def _against_teacher(args: argparse.Namespace) -> int:
               "worst": metrics.worst(args.worst), "per_image": dict(zip(metrics.names, metrics.dice, strict=True))}
     if args.worst_grid:
         worst_per_breed_grid(segmenter, metrics, images, labels, Path(args.worst_grid), args.threshold)
-    out = Path(args.out) if args.out else Path(args.model).with_name("eval_teacher.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    write_report(out, report)
     print(f"against the teacher on {report['images']} held-out photos: Dice {report['dice']:.4f}  "
           f"under 0.7: {report['below_0.7']:.1%}")
     for breed, row in sorted(report["per_breed"].items(), key=lambda item: item[1]["dice"]):

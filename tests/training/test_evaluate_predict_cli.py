@@ -165,3 +165,30 @@ def test_save_png_writes_the_very_pixels(shape: tuple[int, ...], tmp_path: Path)
     with Image.open(path) as written:
         assert written.mode == ("L" if len(shape) == 2 else "RGB")
         np.testing.assert_array_equal(np.asarray(written), pixels)
+
+
+def test_the_report_goes_to_the_working_directory_not_beside_the_checkpoint(
+        pet_dataset: Path, tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["--model", str(tiny_checkpoint), "--data_path", str(pet_dataset), "--split", "test", *CPU]
+    assert evaluate.main(argv) == 0
+    assert (tmp_path / "eval_test.json").is_file()
+    assert not (tiny_checkpoint.parent / "eval_test.json").exists()
+
+
+def test_an_existing_report_or_an_unwritable_path_is_refused_before_any_work(
+        pet_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    existing = tmp_path / "old.json"
+    existing.write_text("{}")
+    missing_model = str(tmp_path / "not-a-checkpoint.pt")  # the report is checked before the model is opened
+    argv = ["--model", missing_model, "--data_path", str(pet_dataset), *CPU]
+    assert evaluate.main([*argv, "--out", str(existing)]) == 2
+    assert "exists: pass --overwrite" in capsys.readouterr().err and existing.read_text() == "{}"
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert evaluate.main([*argv, "--out", str(a_file / "sub" / "r.json")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert evaluate.main([*argv, "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert evaluate.main([*argv, "--out", str(existing), "--overwrite"]) == 2  # now it is the model that is missing
+    assert "not-a-checkpoint.pt" in capsys.readouterr().err
