@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from models.blobs import DEFAULT_MIN_BLOB_RATIO
 from models.checkpoint import CheckpointError
@@ -15,8 +16,8 @@ from models.registry import UnknownArchitectureError
 from training.download import DownloadError
 from training.images import DatasetFileError
 
-__all__ = ["add_common_flags", "add_inference_flags", "at_least", "compile_mode_for", "open_engine", "run_cli",
-           "setup_logging", "unit_interval"]
+__all__ = ["add_common_flags", "add_inference_flags", "at_least", "check_can_write", "compile_mode_for",
+           "open_engine", "run_cli", "setup_logging", "unit_interval"]
 
 # Below this many images a cold compilation (seconds to minutes) costs more than it saves (~15 ms an image).
 COMPILE_MIN_IMAGES = 100
@@ -108,6 +109,24 @@ def compile_mode_for(requested: str, images: int) -> str:
     if requested == "auto" and images < COMPILE_MIN_IMAGES:
         return "off"
     return requested
+
+
+def check_can_write(path: str | os.PathLike[str], *, folder: bool) -> Path:
+    """``ValueError`` naming the problem when ``path`` (a folder to write into, or a file to create) cannot be
+    written: a file or folder in the way, a file where a parent folder should be, no write permission. Creates
+    nothing: a refused run leaves no empty folder behind."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} is a file, not a folder")
+    if not folder and path.is_dir():
+        raise ValueError(f"--out {path} is a folder: give a file path")
+    start = path if folder else path.parent
+    existing = next((p for p in [start, *start.parents] if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ValueError(f"cannot write {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {path}: {existing} is not writable")
+    return path
 
 
 def run_cli(main: Callable[[], int | None]) -> int:

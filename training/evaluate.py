@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from training.cli import (
     add_common_flags,
     add_inference_flags,
     at_least,
+    check_can_write,
     open_engine,
     run_cli,
     setup_logging,
@@ -226,16 +226,9 @@ def main(argv: list[str] | None = None) -> int:
 def report_path(requested: str | None, default_name: str, overwrite: bool) -> Path:
     """Where the report goes: ``--out``, else the working directory (never the install or the checkpoint's
     folder); checked before the work starts."""
-    out = Path(requested) if requested else Path.cwd() / default_name
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder: give a file path for the JSON report")
+    out = check_can_write(Path(requested) if requested else Path.cwd() / default_name, folder=False)
     if out.exists() and not overwrite:
         raise ValueError(f"{out} exists: pass --overwrite to replace it, or another --out")
-    folder = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
-    if not folder.is_dir():
-        raise ValueError(f"cannot write {out}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"cannot write {out}: {folder} is not writable")
     return out
 
 

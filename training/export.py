@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from models.checkpoint import Checkpoint, file_sha256, load_checkpoint, save_checkpoint
-from training.cli import run_cli, setup_logging
+from training.cli import check_can_write, run_cli, setup_logging
 
 log = logging.getLogger("training.export")
 FP32_TOLERANCE = 1e-3  # largest probability difference an fp32 ONNX export may show against PyTorch
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
 
     def run() -> int:
+        check_can_write(args.out, folder=False)
         checkpoint = load_checkpoint(args.model)
         if args.interpolate:
             checkpoint = interpolate_weights(checkpoint, *parse_interpolation(args.interpolate))

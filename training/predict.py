@@ -27,6 +27,7 @@ from training.cli import (
     add_common_flags,
     add_inference_flags,
     at_least,
+    check_can_write,
     open_engine,
     run_cli,
     setup_logging,
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def run() -> int:
+        check_can_write(args.out, folder=True)
+        if args.grid:
+            check_can_write(args.grid, folder=False)
         if args.split:
             items: list[tuple[str, Path | Sample]] = [(s.name, s)
                                                       for s in list_split(Path(args.data_path), args.split)]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from models.registry import canonical_arch_name
-from training.cli import add_common_flags, at_least, run_cli, setup_logging
+from training.cli import add_common_flags, at_least, check_can_write, run_cli, setup_logging
 from training.config import SCHEDULERS, TrainConfig
 from training.transforms import AUGMENTATIONS
 
@@ -80,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", "--image_size", dest="image_size", type=at_least(MIN_IMAGE_SIZE),
                    default=d.image_size, help=f"training side in pixels (at least {MIN_IMAGE_SIZE}: the encoder "
                                               "halves it five times)")
-    p.add_argument("--out", default=None, help="output folder (default runs/<net>)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: the resumed checkpoint's folder, else runs/<net>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out that holds another run's checkpoints (they are replaced)")
     p.add_argument("--amp", choices=("auto", "fp32", "bf16", "fp16"), default=d.amp,
                    help="autocast: auto = bf16/fp16 on CUDA, fp32 on CPU; bf16 is fast on CPUs with AMX or "
                         "AVX512_BF16 (about 2x fp32 for ResNet34_UNet on an AMD EPYC Zen 4)")
@@ -134,8 +137,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_out(args: argparse.Namespace) -> str:
+    """``--out``; else the folder of the checkpoint being resumed (so the run goes on where it was); else
+    ``runs/<net>``."""
+    if args.out:
+        return args.out
+    if args.model and args.model not in ("last", "best"):
+        return str(Path(args.model).parent)
+    return f"runs/{args.net}"
+
+
+def check_out_folder(config: TrainConfig, overwrite: bool) -> None:
+    """Before any image is decoded: ``--out`` can be written, and a new run does not replace another's
+    checkpoints unless ``--overwrite`` says so (resuming a checkpoint of that folder is going on, not replacing)."""
+    out = check_can_write(config.out, folder=True)
+    held = [name for name in ("last.pt", "best.pt") if (out / name).exists()]
+    resuming_here = config.resume is not None and Path(config.resume).resolve().parent == out.resolve()
+    if held and not resuming_here and not overwrite:
+        raise ValueError(f"{out} holds another run ({', '.join(held)}): resume it with --model {out / 'last.pt'}, "
+                         "give another --out, or pass --overwrite to replace it")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    out = args.out or f"runs/{args.net}"
+    out = default_out(args)
     resume = str(Path(out) / f"{args.model}.pt") if args.model in ("last", "best") else args.model
     return TrainConfig(
         data_path=args.data_path, net=args.net, epochs=args.epochs, batch_size=args.batch_size,
@@ -170,13 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def run() -> int:
+        config = config_from_args(args)
+        check_out_folder(config, args.overwrite)
         if args.download:
             from training.download import download_dataset
 
             download_dataset(Path(args.data_path))
         from training.fit import fit
 
-        result = fit(config_from_args(args), progress=sys.stderr.isatty())
+        result = fit(config, progress=sys.stderr.isatty())
         if args.fold is None:
             log.info("done: %d epochs on every trainval image; checkpoints in %s", result.last_epoch, result.out_dir)
         else:

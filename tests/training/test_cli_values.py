@@ -73,3 +73,22 @@ def test_the_console_script_says_it_in_one_line_without_a_traceback(tiny_checkpo
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].endswith("expected a number between 0 and 1, not 'nan'")
+
+
+def test_predict_and_export_refuse_an_out_they_cannot_write_before_any_work(
+        tiny_checkpoint: Path, pet_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.export import main as export_main
+
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    assert predict_main(["--model", str(tiny_checkpoint), "--data_path", str(pet_dataset), "--split", "valid",
+                         "--out", str(in_the_way)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert predict_main(["--model", str(tiny_checkpoint), "--data_path", str(pet_dataset), "--split", "valid",
+                         "--out", str(in_the_way / "masks")]) == 2
+    assert "a-file is a file, not a folder" in capsys.readouterr().err
+    assert export_main(["--model", str(tiny_checkpoint), "--out", str(in_the_way / "m.pt")]) == 2
+    assert "a-file is a file, not a folder" in capsys.readouterr().err
+    assert export_main(["--model", str(tiny_checkpoint), "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing half-made

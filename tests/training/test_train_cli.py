@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from models.checkpoint import load_checkpoint
-from tests.training._runs import train
+from tests.training._runs import FAST, train
 from training.fit import HISTORY_KEYS
 from training.train import main
 
@@ -245,3 +245,36 @@ def test_train_skip_bad_reports_and_continues(
     assert any("skipped 1 of 27" in m for m in messages)
     assert any(f"{name}.jpg" in m for m in messages)
     assert (tmp_path / "r" / "last.pt").is_file()
+
+
+@slow
+def test_a_new_run_does_not_replace_another_runs_checkpoints_without_overwrite(
+        one_epoch: Path, pets30: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in one_epoch.iterdir()}
+    assert train(pets30, one_epoch, "-e", "1", "-n", "unet") == 2
+    assert "holds another run (last.pt, best.pt)" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in one_epoch.iterdir()} == before
+
+
+@slow
+def test_resuming_without_out_goes_on_in_the_runs_own_folder(
+        one_epoch: Path, pets30: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.train import main
+
+    run = tmp_path / "copy"
+    run.mkdir()
+    shutil.copy2(one_epoch / "last.pt", run / "last.pt")
+    monkeypatch.chdir(tmp_path)
+    assert main(["--data_path", str(pets30), *FAST, "-e", "2", "--model", str(run / "last.pt")]) == 0
+    assert load_checkpoint(run / "last.pt").epoch == 2 and (run / "best.pt").is_file()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_any_image_is_read(
+        pets30: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    assert train(pets30, in_the_way, "-e", "1") == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert train(pets30, in_the_way / "run", "-e", "1") == 2
+    assert "a-file is a file, not a folder" in capsys.readouterr().err
