@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="petseg-evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(p)
-    p.add_argument("--model", required=True, help="checkpoint to evaluate")
+    p.add_argument("--model", default=None, help="checkpoint to evaluate")
+    p.add_argument("--labels", default=None, metavar="DIR",
+                   help="instead of a model, score a folder of label PNGs (petseg-pseudolabel's NAME.png, pet where "
+                        ">= 128) against the split's trimaps: how good is a teacher on labelled photos?")
     p.add_argument("--net", "-n", default=None, help="expected architecture (checked against the checkpoint)")
     p.add_argument("--split", choices=SPLITS, default="test")
     add_inference_flags(p)
@@ -170,12 +173,17 @@ def _probabilities(segmenter: SegmenterBase, images: list[np.ndarray], refine: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.model is None) == (args.labels is None):
+        parser.error("give --model CKPT (a model to evaluate) or --labels DIR (label PNGs to score), one of them")
     setup_logging(args.verbose)
 
     def run() -> int:
         if args.teacher_labels or args.teacher_images:
             return _against_teacher(args)
+        if args.labels:
+            return _score_labels(args)
         name = f"eval_{args.split}_ensemble.json" if args.ensemble else f"eval_{args.split}.json"
         out = report_path(args.out, name, args.overwrite)  # before minutes of work, not after
         samples = list_split(Path(args.data_path), args.split, args.folds, args.fold)[: args.limit]
@@ -192,7 +200,6 @@ def main(argv: list[str] | None = None) -> int:
         evaluation = evaluate(segmenter, samples, batch_size=args.batch_size, threshold=args.threshold,
                               border_is_pet=border, progress=sys.stderr.isatty(), label=args.split,
                               refine=args.refine)
-        summary = evaluation.scored.summary()
         report = {"checkpoint": str(args.model), "arch": segmenter.info.arch, "split": args.split,
                   "data_path": str(args.data_path), "threshold": args.threshold, "border_is_pet": border,
                   "runtime": segmenter.runtime, "precision": segmenter.precision, "refine": args.refine,
@@ -205,22 +212,27 @@ def main(argv: list[str] | None = None) -> int:
             draw_worst([(by_name[str(r["name"])], float(r["dice"]), segmenter) for r in report["worst"]],
                        Path(args.worst_grid), border, title=f"{args.split}: the {len(report['worst'])} worst images")
         write_report(out, report)
-        ignored = report["border_ignored"]
-        print(f"{args.split}: {summary['images']} images  Dice {summary['dice']:.4f} (micro {summary['dice_micro']:.4f})"
-              f"  IoU {summary['iou']:.4f} (micro {summary['iou_micro']:.4f})  under 0.7: {report['below_0.7']:.1%}")
-        print(f"  border ignored: Dice {ignored['dice']:.4f}  under 0.7: {ignored['below_0.7']:.1%}")
-        if "background_crops" in report:
-            crops = report["background_crops"]
-            print(f"  pet-free crops: {crops['crops']}, taken for a pet: {crops['pet_fraction']:.1%} of their pixels, "
-                  f"{crops['crops_over_10pct']:.1%} of them over 10%")
-        for breed, row in report["per_breed"].items():
-            print(f"  {breed}: Dice {row['dice']:.4f} over {row['images']} images, under 0.7: {row['below_0.7']:.1%}")
-        for row in report["worst"][:5]:
-            print(f"  worst: {row['name']}  Dice {row['dice']:.3f}")
+        _print_summary(args.split, report)
         log.info("report written to %s", out)
         return 0
 
     return run_cli(run)
+
+
+def _print_summary(split: str, report: dict) -> None:
+    ignored = report["border_ignored"]
+    print(f"{split}: {report['images']} images  Dice {report['dice']:.4f} (micro {report['dice_micro']:.4f})"
+          f"  IoU {report['iou']:.4f} (micro {report['iou_micro']:.4f})  under 0.7: {report['below_0.7']:.1%}")
+    print(f"  border ignored: Dice {ignored['dice']:.4f}  under 0.7: {ignored['below_0.7']:.1%}")
+    if "background_crops" in report:
+        crops = report["background_crops"]
+        print(f"  pet-free crops: {crops['crops']}, taken for a pet: {crops['pet_fraction']:.1%} of their pixels, "
+              f"{crops['crops_over_10pct']:.1%} of them over 10%")
+    for breed, row in report["per_breed"].items():
+        print(f"  {breed}: Dice {row['dice']:.4f} over {row['images']} images, under 0.7: {row['below_0.7']:.1%}"
+              f"; border ignored {ignored['per_breed'][breed]['dice']:.4f}")
+    for row in report["worst"][:5]:
+        print(f"  worst: {row['name']}  Dice {row['dice']:.3f}")
 
 
 def report_path(requested: str | None, default_name: str, overwrite: bool) -> Path:
@@ -235,6 +247,47 @@ def report_path(requested: str | None, default_name: str, overwrite: bool) -> Pa
 def write_report(out: Path, report: dict[str, object]) -> None:
     data = json.dumps(report, indent=1).encode()
     write_atomically(out, lambda handle: handle.write(data))
+
+
+def evaluate_labels(samples: Sequence[Sample], labels: Path, *, border_is_pet: bool = True) -> Evaluation:
+    """Score label PNGs (pet where >= 128, at each photo's size) against the samples' trimaps, under both border
+    conventions. Samples without a label are left out."""
+    from training.pseudo_data import read_soft_label
+
+    result = Evaluation.empty()
+    for sample in samples:
+        path = labels / f"{sample.name}.png"
+        if not path.exists():
+            continue
+        _, trimap = load_pair(sample)
+        pred = read_soft_label(path) >= 0.5
+        if pred.shape != trimap.shape:
+            raise ValueError(f"{path} is {pred.shape[1]}x{pred.shape[0]}, its photo {trimap.shape[1]}x{trimap.shape[0]}")
+        pred_t = torch.from_numpy(pred)[None]
+        truth = torch.from_numpy(trimap_to_mask(trimap, border_is_pet) > 0)[None]
+        result.scored.update(pred_t, truth, [sample.name])
+        result.border_ignored.update(pred_t, truth, [sample.name], ignore=torch.from_numpy(trimap == TRIMAP_BORDER)[None])
+    return result
+
+
+def _score_labels(args: argparse.Namespace) -> int:
+    labels = Path(args.labels)
+    if not labels.is_dir():
+        raise ValueError(f"--labels {labels} is not a folder")
+    out = report_path(args.out, f"eval_labels_{args.split}.json", args.overwrite)
+    samples = list_split(Path(args.data_path), args.split, args.folds, args.fold)[: args.limit]
+    border = args.border != "background"
+    evaluation = evaluate_labels(samples, labels, border_is_pet=border)
+    if not evaluation.scored.names:
+        raise ValueError(f"no photo of the {args.split} split has a label in {labels}")
+    report = {"labels": str(labels), "split": args.split, "data_path": str(args.data_path), "border_is_pet": border,
+              **evaluation.report(args.worst)}
+    record = labels / "teacher.json"
+    if record.exists():
+        report["teacher"] = json.loads(record.read_text()).get("teacher")
+    write_report(out, report)
+    _print_summary(args.split, report)
+    return 0
 
 
 def _against_teacher(args: argparse.Namespace) -> int:

@@ -192,3 +192,32 @@ def test_an_existing_report_or_an_unwritable_path_is_refused_before_any_work(
     assert "is a folder" in capsys.readouterr().err
     assert evaluate.main([*argv, "--out", str(existing), "--overwrite"]) == 2  # now it is the model that is missing
     assert "not-a-checkpoint.pt" in capsys.readouterr().err
+
+
+def test_label_pngs_are_scored_against_the_trimaps_under_both_border_conventions(
+        pet_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A teacher's quality on labelled photos: labels that are the trimap's pet alone score 1 with the border
+    ignored and below 1 with the border counted as pet; photos without a label are left out."""
+    import numpy as np
+    from PIL import Image
+
+    from training.data import list_split, load_pair
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    samples = list_split(pet_dataset, "train")
+    for sample in samples[:5]:
+        _, trimap = load_pair(sample)
+        Image.fromarray(np.where(trimap == 1, 255, 0).astype(np.uint8)).save(labels / f"{sample.name}.png")
+    out = tmp_path / "labels.json"
+    assert evaluate.main(["--labels", str(labels), "--data_path", str(pet_dataset), "--split", "train",
+                          "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert sorted(report["per_image"]) == sorted(s.name for s in samples[:5])
+    assert report["border_ignored"]["dice"] == pytest.approx(1.0)
+    assert report["dice"] < 0.95
+    assert evaluate.main(["--labels", str(labels), "--data_path", str(pet_dataset), "--split", "test",
+                          "--out", str(tmp_path / "none.json")]) == 2
+    assert "no photo of the test split has a label" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate.main(["--labels", str(labels), "--model", "m.pt"])
