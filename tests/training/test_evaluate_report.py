@@ -121,3 +121,43 @@ def test_worst_grid_is_drawn(pet_dataset: Path, tiny_checkpoint: Path, tmp_path:
                           "--device", "cpu", "--precision", "fp32"]) == 0
     with Image.open(grid) as image:
         assert image.format == "PNG" and image.height > image.width / 3  # two rows of three panels
+
+
+class AnswersFromTrimaps:
+    """A stand-in model that answers, for each photo of the split, a mask drawn from that photo's trimap."""
+
+    def __init__(self, samples: list, pet_values: tuple[int, ...]) -> None:
+        from training.data import load_pair
+
+        self.answers = {}
+        for sample in samples:
+            image, trimap = load_pair(sample)
+            self.answers[image.tobytes()] = np.isin(trimap, pet_values).astype(np.float32)
+
+    def predict_batch(self, images: list, output_sizes: object = None) -> list:
+        return [self.answers[image.tobytes()] for image in images]
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    return 2.0 * float((pred & truth).sum()) / float(pred.sum() + truth.sum())
+
+
+def test_both_border_conventions_match_a_dice_computed_independently(pet_dataset: Path) -> None:
+    """A model that draws the pet without its border band: perfect with the border ignored, and exactly the
+    Dice of pet-only against pet-plus-border with the border counted as pet."""
+    from training.data import load_pair
+
+    samples = list_split(pet_dataset, "train")[:6]
+    core_only = AnswersFromTrimaps(samples, pet_values=(1,))
+    result = evaluate.evaluate(core_only, samples, border_is_pet=True, progress=False)
+    assert result.border_ignored.dice == pytest.approx([1.0] * len(samples))
+    expected = []
+    for sample in samples:
+        _, trimap = load_pair(sample)
+        expected.append(dice(trimap == 1, (trimap == 1) | (trimap == 3)))
+    assert result.scored.dice == pytest.approx(expected)
+    assert max(expected) < 0.97  # the band matters for these photos: the test can tell the conventions apart
+    with_band = AnswersFromTrimaps(samples, pet_values=(1, 3))
+    as_background = evaluate.evaluate(with_band, samples, border_is_pet=False, progress=False)
+    assert as_background.scored.dice == pytest.approx(expected)  # symmetric: border drawn, truth without it
+    assert as_background.border_ignored.dice == pytest.approx([1.0] * len(samples))
