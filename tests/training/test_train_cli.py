@@ -278,3 +278,24 @@ def test_an_out_that_cannot_be_written_is_refused_before_any_image_is_read(
     assert "is a file, not a folder" in capsys.readouterr().err
     assert train(pets30, in_the_way / "run", "-e", "1") == 2
     assert "a-file is a file, not a folder" in capsys.readouterr().err
+
+
+@slow
+def test_train_resume_goes_on_from_the_checkpoints_weights_not_fresh_ones(
+        one_epoch: Path, pets30: Path, tmp_path: Path) -> None:
+    """Every weight of the checkpoint is shifted by 0.25 before resuming: one more optimizer step (lr 1e-3 by
+    default, Adam moves a weight by about lr a step) must keep that shift; freshly initialised weights would not
+    have it."""
+    from models.checkpoint import save_checkpoint
+
+    checkpoint = load_checkpoint(one_epoch / "last.pt")
+    shifted = {k: (v + 0.25 if v.is_floating_point() and "running" not in k else v)
+               for k, v in checkpoint.model_state.items()}
+    checkpoint.model_state = shifted
+    run = tmp_path / "shifted"
+    save_checkpoint(checkpoint, run / "last.pt")
+    assert train(pets30, run, "-e", "2", "--model", "last") == 0
+    resumed = load_checkpoint(run / "last.pt").model_state
+    weights = [k for k, v in shifted.items() if v.is_floating_point() and "running" not in k]
+    largest_move = max(float((resumed[k] - shifted[k]).abs().max()) for k in weights)
+    assert largest_move < 0.05, largest_move
