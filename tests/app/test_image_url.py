@@ -7,6 +7,7 @@ checked with a recording transport that must see no request at all (refused BEFO
 from __future__ import annotations
 
 import asyncio
+import gzip
 import ipaddress
 import socket
 import threading
@@ -109,6 +110,11 @@ class PhotoServer:
         handler.send_header("Content-Length", str(LIMIT + 1))
         handler.end_headers()
         handler.wfile.write(b"\xff" * 1024)  # never the whole body: the service must not wait for it
+
+    def route_gzip_bomb(self, handler: BaseHTTPRequestHandler, parts) -> None:  # noqa: ANN001
+        """A few KB on the wire that inflate to 4x the limit (Content-Encoding: gzip)."""
+        self._send(handler, 200, gzip.compress(b"\0" * (4 * LIMIT)), Content_Type="image/jpeg",
+                   Content_Encoding="gzip")
 
     def route_slow(self, handler: BaseHTTPRequestHandler, parts) -> None:  # noqa: ANN001
         time.sleep(2.0)  # longer than the read timeout of these tests
@@ -328,6 +334,7 @@ def test_each_redirect_is_checked_like_the_first_url(photos: PhotoServer, loopba
 @pytest.mark.parametrize(("path", "status", "words"), [
     ("/big", 413, ["larger than the limit", str(LIMIT)]),
     ("/big-declared", 413, ["larger than the limit"]),
+    ("/gzip-bomb", 413, ["larger than the limit"]),  # counted as decoded, not as sent: 4x the limit, not 1 KB
     ("/missing", 400, ["answered HTTP 404"]),
     ("/no-location", 400, ["without a Location"]),
     ("/slow", 400, ["sent nothing for 0.5s"]),
