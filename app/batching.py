@@ -193,13 +193,13 @@ class BatchRunner:
             raise KeyError(f"no model {model!r} on these lanes")
         job = _Job(tensor, model)
         if not self._work.put_job(job):
-            raise ApiError(503, "the service is at capacity; retry shortly", {"Retry-After": "1"})
+            raise ApiError(503, "the service is at capacity; retry shortly", {"Retry-After": "1"}, reason="queue_full")
         try:
             return await asyncio.wait_for(asyncio.wrap_future(job.future), timeout_s)
         except asyncio.TimeoutError:
             job.future.cancel()
             raise ApiError(503, f"the model did not answer within {timeout_s:g}s; retry later",
-                           {"Retry-After": "5"}) from None
+                           {"Retry-After": "5"}, reason="timeout") from None
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Finish what is queued, then stop the lanes."""
@@ -265,7 +265,7 @@ class BatchRunner:
                 torch.cuda.empty_cache()
             log.warning("out of device memory on a batch of %d; answering 503", len(jobs))
             return ApiError(503, "the model ran out of device memory; retry later or with fewer concurrent "
-                                 "requests", {"Retry-After": "5"})
+                                 "requests", {"Retry-After": "5"}, reason="out_of_memory")
         except Exception as exc:  # a bug, not bad input: surface it to each caller as a 500
             log.exception("model forward failed")
             return exc

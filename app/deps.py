@@ -14,7 +14,7 @@ __all__ = ["ServiceDep"]
 def get_service(request: Request) -> SegmentationService:
     service = getattr(request.app.state, "service", None)
     if service is None or not request.app.state.ready:
-        raise ApiError(503, "the model is not loaded yet; retry shortly", {"Retry-After": "2"})
+        raise ApiError(503, "the model is not loaded yet; retry shortly", {"Retry-After": "2"}, reason="not_ready")
     return service
 
 

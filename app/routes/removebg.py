@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 
 from app.compose import Box
 from app.deps import ServiceDep
-from app.errors import ApiError
+from app.errors import ApiError, count_refusal
 from app.imaging import DecodedImage, decode_image
 from app.negotiation import preferred_type
 from app.photo_source import fetch_image_url
@@ -65,6 +65,7 @@ class RemoveBgRoute(APIRoute):
             try:
                 return await handler(request)
             except ApiError as exc:
+                count_refusal(exc)
                 return _errors_response(exc.status_code, exc.detail, exc.headers)
             except RequestValidationError as exc:
                 return _errors_response(400, _first_problem(exc))

@@ -120,3 +120,64 @@ def test_invalid_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch, val
     monkeypatch.setenv("PETSEG_THRESHOLD", value)
     with pytest.raises(SettingsError, match="PETSEG_THRESHOLD"):
         load_settings()
+
+
+def metric_value(client: TestClient, text: str) -> float:
+    """The value of the /metrics line that starts with ``text`` (0 when absent)."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(text + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_full_queue_shows_in_the_queue_depth_and_each_refusal_is_counted_with_its_reason(
+        tiny_checkpoint: Path) -> None:
+    """Deterministic: the model is held by an event, not slowed by a sleep. One request holds the only lane,
+    one waits in the queue (depth 1), the next is refused (503, reason queue_full)."""
+    gate, entered = threading.Event(), threading.Event()
+    with app_client(tiny_checkpoint, max_queue=1, model_lanes=1, max_batch=1) as client:
+        runner = client.app.state.service.runner
+        real = runner._forward
+
+        def held(batch: torch.Tensor) -> torch.Tensor:
+            entered.set()
+            assert gate.wait(60), "the test never opened the gate"
+            return real(batch)
+
+        runner._forward = held
+        counted = 'petseg_rejected_total{reason="queue_full"}'
+        before = metric_value(client, counted)
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(post, client, PHOTOS[0])
+            assert entered.wait(60)
+            second = pool.submit(post, client, PHOTOS[1])
+            for _ in range(6000):  # until the second request is queued: a bounded wait on a state, not a time
+                if runner.depth == 1:
+                    break
+                time.sleep(0.01)
+            assert metric_value(client, "petseg_queue_depth") == 1.0
+            refused = post(client, PHOTOS[2])
+            gate.set()
+            assert first.result().status_code == 200 and second.result().status_code == 200
+        assert refused.status_code == 503 and "capacity" in refused.json()["detail"]
+        assert metric_value(client, counted) == before + 1
+        assert metric_value(client, "petseg_queue_depth") == 0.0
+
+
+def test_a_request_the_model_does_not_answer_in_time_is_counted_as_a_timeout(tiny_checkpoint: Path) -> None:
+    gate = threading.Event()
+    with app_client(tiny_checkpoint, request_timeout_s=0.2) as client:
+        runner = client.app.state.service.runner
+        real = runner._forward
+
+        def held(batch: torch.Tensor) -> torch.Tensor:
+            gate.wait(60)
+            return real(batch)
+
+        runner._forward = held
+        counted = 'petseg_rejected_total{reason="timeout"}'
+        before = metric_value(client, counted)
+        answer = post(client, PHOTOS[0])
+        gate.set()
+        assert answer.status_code == 503 and "did not answer" in answer.json()["detail"]
+        assert metric_value(client, counted) == before + 1
