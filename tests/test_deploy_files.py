@@ -113,10 +113,8 @@ def service(compose: dict) -> dict:
 
 
 def settings_fields() -> set[str]:
-    try:
-        from app.config import Settings
-    except Exception as exc:  # noqa: BLE001 - any import failure means "not written yet"
-        pytest.skip(f"app.config.Settings cannot be imported yet ({type(exc).__name__}: {exc})")
+    from app.config import Settings  # an import failure is a failure: the settings are the product
+
     return set(Settings.model_fields)
 
 
@@ -343,10 +341,7 @@ def test_dockerignore_keeps_what_the_image_needs() -> None:
 
 # --------------------------------------------------------------------------------------------- README
 def test_readme_documents_compose() -> None:
-    readme = ROOT / "README.md"
-    if not readme.is_file():
-        pytest.skip("README.md does not exist yet")
-    text = readme.read_text()
+    text = (ROOT / "README.md").read_text()
     assert "docker compose up" in text
     assert "/checkpoints/" in text, "README should say how to serve a custom checkpoint through the volume"
 
