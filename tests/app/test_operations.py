@@ -207,8 +207,8 @@ def keyed(tiny_checkpoint: Path) -> Iterator[TestClient]:
         yield client
 
 
-@pytest.mark.parametrize("method, path", [("POST", "/segment"), ("GET", "/model"), ("GET", "/metrics"),
-                                          ("GET", "/openapi.json"), ("GET", "/docs")])
+@pytest.mark.parametrize("method, path", [("POST", "/segment"), ("GET", "/model"), ("GET", "/models"),
+                                          ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/docs")])
 def test_api_key_missing_is_401(keyed: TestClient, method: str, path: str) -> None:
     response = keyed.request(method, path, files=image_files(PHOTOS[0]) if method == "POST" else None)
     assert response.status_code == 401
