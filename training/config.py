@@ -36,6 +36,7 @@ class TrainConfig:
     limit: int | None = None
     folds: int = 10
     fold: int | None = 0  # None: no fold held out (every trainval image trains; no validation)
+    holdout_breed: str | None = None  # leave-one-breed-out: this breed is the valid split (folds are ignored)
     init_weights: str | None = None
     encoder_weights: str | None = None
     ema_decay: float = 0.0

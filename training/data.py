@@ -5,7 +5,8 @@ Layout: ``images/NAME.jpg``, ``annotations/trimaps/NAME.png``, ``annotations/tra
 Splits follow the lab's starter code: ``train`` = trainval lines whose index % 10 != 0, ``valid`` = index % 10 == 0,
 ``test`` = test.txt. Cross-validation generalises the rule: with ``folds=K, fold=I`` the valid split is the lines whose
 index % K == I and train is the rest, so K runs (I = 0..K-1) score every trainval image exactly once; the default
-``K=10, I=0`` is the lab's split.
+``K=10, I=0`` is the lab's split. Leave-one-breed-out (``holdout_breed=B``): valid is every trainval image of
+breed B and train the other breeds', which estimates quality on a breed no label covered.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from training.images import DatasetFileError, read_rgb, read_trimap, trimap_to_mask
+from training.metrics import breed_of
 
 __all__ = ["SPLITS", "PetDataset", "Sample", "check_fold", "list_split", "load_pair", "validate_layout"]
 
@@ -54,18 +56,26 @@ def check_fold(folds: int, fold: int | None) -> None:
         raise ValueError(f"--fold must be in 0..{folds - 1} and --folds at least 2 (got fold {fold} of {folds})")
 
 
-def list_split(root: Path, split: str, folds: int = 10, fold: int | None = 0) -> list[Sample]:
+def list_split(root: Path, split: str, folds: int = 10, fold: int | None = 0, holdout_breed: str | None = None
+               ) -> list[Sample]:
     """Names of a split, in file order, as samples with their image and trimap paths.
 
     ``valid`` is fold ``fold`` of ``folds`` (trainval index % folds == fold) and ``train`` the other folds; with
-    ``fold=None`` ``train`` is all of trainval and ``valid`` is empty."""
+    ``fold=None`` ``train`` is all of trainval and ``valid`` is empty. With ``holdout_breed`` the folds are breeds
+    instead: ``valid`` is that breed's trainval images and ``train`` every other breed's."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     check_fold(folds, fold)
     validate_layout(root, split)
     lines = (root / "annotations" / _SPLIT_FILE[split]).read_text().splitlines()
     names = [line.split()[0] for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if split == "train" and fold is not None:
+    if holdout_breed is not None and split != "test":
+        if holdout_breed not in {breed_of(n) for n in names}:
+            known = ", ".join(sorted({breed_of(n) for n in names}))
+            raise ValueError(f"no breed {holdout_breed!r} in {root}'s trainval list (it has {known})")
+        keep = (lambda n: breed_of(n) == holdout_breed) if split == "valid" else (lambda n: breed_of(n) != holdout_breed)
+        names = [n for n in names if keep(n)]
+    elif split == "train" and fold is not None:
         names = [n for i, n in enumerate(names) if i % folds != fold]
     elif split == "valid":
         names = [] if fold is None else [n for i, n in enumerate(names) if i % folds == fold]
@@ -119,6 +129,7 @@ class PetDataset(Dataset[dict[str, Any]]):
         progress: bool = True,
         folds: int = 10,
         fold: int | None = 0,
+        holdout_breed: str | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -126,7 +137,7 @@ class PetDataset(Dataset[dict[str, Any]]):
         self.image_size = image_size
         self.border_is_pet = border_is_pet
         self.ignore_border = ignore_border
-        self.samples = list_split(self.root, split, folds, fold)
+        self.samples = list_split(self.root, split, folds, fold, holdout_breed)
         self.skipped: list[str] = []
         self.mixer: Callable[[int, np.ndarray, np.ndarray, np.random.Generator],
                              tuple[np.ndarray, np.ndarray]] | None = None

@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the --worst images (photo | ground truth | prediction) into this PNG")
     p.add_argument("--folds", type=int, default=10, help="cross-validation folds (see petseg-train --folds)")
     p.add_argument("--fold", type=int, default=0, help="with --split valid: the held-out fold")
+    p.add_argument("--holdout-breed", default=None, metavar="BREED",
+                   help="with --split valid: that breed's photos (petseg-train --holdout-breed)")
     teacher = p.add_argument_group("against a teacher (photos without trimaps, e.g. new breeds)")
     teacher.add_argument("--teacher-images", default=None, help="folder of teacher-labelled photos")
     teacher.add_argument("--teacher-labels", default=None,
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             return _score_labels(args)
         name = f"eval_{args.split}_ensemble.json" if args.ensemble else f"eval_{args.split}.json"
         out = report_path(args.out, name, args.overwrite)  # before minutes of work, not after
-        samples = list_split(Path(args.data_path), args.split, args.folds, args.fold)[: args.limit]
+        samples = list_split(Path(args.data_path), args.split, args.folds, args.fold, args.holdout_breed)[: args.limit]
         segmenter = open_engine(args, args.model, len(samples))
         if args.ensemble:
             segmenter = EnsembleSegmenter([segmenter, *(open_engine(args, path, len(samples))
@@ -275,7 +277,7 @@ def _score_labels(args: argparse.Namespace) -> int:
     if not labels.is_dir():
         raise ValueError(f"--labels {labels} is not a folder")
     out = report_path(args.out, f"eval_labels_{args.split}.json", args.overwrite)
-    samples = list_split(Path(args.data_path), args.split, args.folds, args.fold)[: args.limit]
+    samples = list_split(Path(args.data_path), args.split, args.folds, args.fold, args.holdout_breed)[: args.limit]
     border = args.border != "background"
     evaluation = evaluate_labels(samples, labels, border_is_pet=border)
     if not evaluation.scored.names:

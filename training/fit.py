@@ -78,7 +78,7 @@ def _make_loaders(config: TrainConfig, device: torch.device, info: DistInfo, pro
     common: dict[str, Any] = {"image_size": config.image_size, "border_is_pet": config.border_is_pet,
                               "ignore_border": config.ignore_border,
                               "cache": config.cache, "skip_bad": config.skip_bad, "progress": progress,
-                              "folds": config.folds, "fold": config.fold}
+                              "folds": config.folds, "fold": config.fold, "holdout_breed": config.holdout_breed}
     train_set: Any = PetDataset(config.data_path, "train", build_transform(config.augment, config.image_size), **common)
     valid_set: Any = PetDataset(config.data_path, "valid", build_transform("none", config.image_size), **common)
     if config.augment == "copy-paste":

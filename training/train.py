@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the fold held out for validation (0..folds-1); --folds 10 --fold 0 is the lab's split; "
                         "none = train on every trainval image with no validation (best.pt is then the last epoch): "
                         "for the final model once a recipe is chosen")
+    p.add_argument("--holdout-breed", default=None, metavar="BREED",
+                   help="leave one breed out: every trainval photo of BREED is the validation split and the other "
+                        "breeds train (instead of --folds/--fold); how well does the recipe do on a breed no "
+                        "trimap covered?")
     p.add_argument("--init-weights", default=None,
                    help="start a new run from this checkpoint's weights (fresh optimizer, schedule and epochs)")
     p.add_argument("--encoder-weights", default=None,
@@ -169,7 +173,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         clip_grad_norm=args.clip_grad, amp=args.amp,
         channels_last=args.channels_last, device=args.device, workers=args.workers, seed=args.seed,
         out=out, resume=resume, cache=args.cache, skip_bad=args.skip_bad,
-        limit=args.limit, folds=args.folds, fold=args.fold, init_weights=args.init_weights,
+        limit=args.limit, folds=args.folds, fold=args.fold, holdout_breed=args.holdout_breed,
+        init_weights=args.init_weights,
         encoder_weights=args.encoder_weights, ema_decay=args.ema_decay, ema_warmup=args.ema_warmup,
         teacher_images=args.teacher_images, teacher_labels=args.teacher_labels,
         teacher_confidence=args.teacher_confidence, teacher_edge_band=args.teacher_edge_band,

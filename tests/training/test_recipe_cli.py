@@ -1,6 +1,7 @@
 """The recipe flags: copy-paste augmentation, cross-validation folds and starting from another run's weights."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from tests.training._runs import train
+from training.data import list_split
 
 slow = pytest.mark.slow
 
@@ -154,3 +156,48 @@ def test_cv_refuses_weights_that_would_leak(pets30: Path, capsys: pytest.Capture
     with pytest.raises(SystemExit) as exc:
         main(["--data_path", str(pets30), "--init-weights", "x.pt"])
     assert exc.value.code == 2 and "leak" in capsys.readouterr().err
+
+
+def test_holding_out_a_breed_makes_it_the_whole_valid_split_and_keeps_it_out_of_train(pets30: Path) -> None:
+    valid = list_split(pets30, "valid", holdout_breed="beagle")
+    train_names = {s.name for s in list_split(pets30, "train", holdout_breed="beagle")}
+    everything = {s.name for split in ("train", "valid") for s in list_split(pets30, split)}
+    assert valid and all(s.name.startswith("beagle_") for s in valid)
+    assert train_names and not any(n.startswith("beagle_") for n in train_names)
+    assert {s.name for s in valid} | train_names == everything
+    assert list_split(pets30, "test", holdout_breed="beagle") == list_split(pets30, "test")
+
+
+def test_an_unknown_breed_to_hold_out_is_exit_2_listing_the_breeds(pets30: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert train(pets30, tmp_path / "x", "--holdout-breed", "pug") == 2
+    assert "no breed 'pug'" in (err := capsys.readouterr().err) and "Abyssinian, beagle" in err
+
+
+@pytest.mark.slow
+def test_leave_one_breed_out_scores_every_photo_with_a_model_that_never_saw_its_breed(
+        pets30: Path, module_tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.cv import main
+    from training.data import PetDataset
+
+    built: list[tuple[str, set[str]]] = []  # (split, breeds) of every dataset a fold trains or validates on
+    original = PetDataset.__init__
+
+    def spy(self: PetDataset, *args: object, **kwargs: object) -> None:
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+        built.append((self.split, {s.name.rsplit("_", 1)[0] for s in self.samples}))
+
+    monkeypatch.setattr(PetDataset, "__init__", spy)
+    out = module_tmp_path / "lobo"
+    assert main(["--data_path", str(pets30), "--out", str(out), "--by-breed", "-n", "unet", "-e", "1",
+                 "--image-size", "32", "-b", "8", "--workers", "0", "--limit", "8"]) == 0
+    report = json.loads((out / "cv_report.json").read_text())
+    assert report["by_breed"] is True and report["folds"] == 2
+    everything = {s.name for split in ("train", "valid") for s in list_split(pets30, split)}
+    assert set(report["fold_of"]) == everything
+    assert all(report["fold_of"][name] == name.rsplit("_", 1)[0] for name in everything)
+    for breed in ("Abyssinian", "beagle"):
+        assert load_checkpoint(out / f"breed-{breed}" / "last.pt").config["holdout_breed"] == breed
+    assert (out / "cv_worst.png").is_file()
+    assert built == [("train", {"beagle"}), ("valid", {"Abyssinian"}), ("train", {"Abyssinian"}),
+                     ("valid", {"beagle"})]
