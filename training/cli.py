@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 
 from models.blobs import DEFAULT_MIN_BLOB_RATIO
@@ -16,9 +17,10 @@ from models.registry import UnknownArchitectureError
 from training.download import DownloadError
 from training.images import DatasetFileError
 
-__all__ = ["add_common_flags", "add_inference_flags", "at_least", "check_can_write", "compile_mode_for",
-           "open_engine", "run_cli", "setup_logging", "unit_interval"]
+__all__ = ["EMBEDDED_MODEL", "add_common_flags", "add_inference_flags", "at_least", "check_can_write", "compile_mode_for",
+           "model_path", "open_engine", "run_cli", "setup_logging", "unit_interval"]
 
+EMBEDDED_MODEL = "default"  # what --model default names: the checkpoint installed with the models package
 # Below this many images a cold compilation (seconds to minutes) costs more than it saves (~15 ms an image).
 COMPILE_MIN_IMAGES = 100
 
@@ -127,6 +129,13 @@ def check_can_write(path: str | os.PathLike[str], *, folder: bool) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write {path}: {existing} is not writable")
     return path
+
+
+def model_path(model: str) -> str:
+    """``default`` is the checkpoint installed with the ``models`` package; anything else is a path."""
+    if model == EMBEDDED_MODEL and not Path(model).exists():
+        return str(resources.files("models") / "weights" / "default.pt")
+    return model
 
 
 def run_cli(main: Callable[[], int | None]) -> int:

@@ -31,6 +31,7 @@ from training.cli import (
     add_inference_flags,
     at_least,
     check_can_write,
+    model_path,
     open_engine,
     run_cli,
     setup_logging,
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="petseg-evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(p)
-    p.add_argument("--model", default=None, help="checkpoint to evaluate")
+    p.add_argument("--model", default=None, help="checkpoint to evaluate ('default' = the embedded model)")
     p.add_argument("--labels", default=None, metavar="DIR",
                    help="instead of a model, score a folder of label PNGs (petseg-pseudolabel's NAME.png, pet where "
                         ">= 128) against the split's trimaps: how good is a teacher on labelled photos?")
@@ -179,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.model is None) == (args.labels is None):
         parser.error("give --model CKPT (a model to evaluate) or --labels DIR (label PNGs to score), one of them")
+    if args.model is not None:
+        args.model = model_path(args.model)
+    args.ensemble = [model_path(path) for path in args.ensemble]
     setup_logging(args.verbose)
 
     def run() -> int:

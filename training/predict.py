@@ -14,7 +14,6 @@ import argparse
 import logging
 import os
 import sys
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +25,10 @@ from models.pngwrite import encode_gray_png, encode_png
 from training.cli import (
     add_common_flags,
     add_inference_flags,
+    EMBEDDED_MODEL,
     at_least,
     check_can_write,
+    model_path,
     open_engine,
     run_cli,
     setup_logging,
@@ -40,7 +41,6 @@ from training.shards import parse_shard, take_shard
 
 log = logging.getLogger("training.predict")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-EMBEDDED_MODEL = "default"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,13 +82,6 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     if not files:
         raise DatasetFileError("no images found in the inputs given")
     return files
-
-
-def model_path(model: str) -> str:
-    """``default`` is the checkpoint installed with the ``models`` package; anything else is a path."""
-    if model == EMBEDDED_MODEL and not Path(model).exists():
-        return str(resources.files("models") / "weights" / "default.pt")
-    return model
 
 
 def output_names(name: str, with_overlay: bool) -> list[str]:

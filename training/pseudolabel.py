@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from models.atomic_files import write_atomically
 from models.pngwrite import encode_png
-from training.cli import at_least, run_cli, setup_logging, unit_interval
+from training.cli import at_least, model_path, run_cli, setup_logging, unit_interval
 from training.images import DatasetFileError, read_rgb
-from training.predict import collect_inputs, existing_files, model_path
+from training.predict import collect_inputs, existing_files
 from training.shards import parse_shard, take_shard
 from training.teachers import (
     OUTPUT_KINDS,

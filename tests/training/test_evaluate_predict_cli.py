@@ -221,3 +221,10 @@ def test_label_pngs_are_scored_against_the_trimaps_under_both_border_conventions
     assert "no photo of the test split has a label" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         evaluate.main(["--labels", str(labels), "--model", "m.pt"])
+
+
+def test_evaluate_takes_the_embedded_model_by_name_as_predict_does(pet_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    assert evaluate.main(["--model", "default", "--data_path", str(pet_dataset), "--split", "test", "--limit", "2",
+                          "--out", str(out), *CPU]) == 0
+    assert json.loads(out.read_text())["checkpoint"].endswith("weights/default.pt")
