@@ -89,7 +89,8 @@ def run_cross_validation(args, progress: bool) -> dict[str, object]:  # noqa: AN
         evaluate(segmenter, samples, batch_size=args.batch_size, border_is_pet=config.border_is_pet,
                  progress=progress, label=f"fold {fold}", into=pooled)
         fold_of.update({s.name: fold for s in samples})
-    report = {"folds": len(keys), "by_breed": bool(args.by_breed), "data_path": str(args.data_path),
+    report = {"folds": len(keys), "by_breed": bool(args.by_breed), "limit": args.limit,
+              "data_path": str(args.data_path),
               "config": config_from_args(args).to_dict(),
               **pooled.report(args.worst), "fold_of": fold_of}
     _write_json(report, root / "cv_report.json")
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--folds must be at least 2")
     if args.holdout_breed:
         parser.error("petseg-cv picks the held-out breed of each fold itself: use --by-breed")
+    if args.fold != 0:
+        parser.error("petseg-cv trains and scores every fold itself; --fold picks one fold in petseg-train")
     if args.model or args.init_weights:
         parser.error("petseg-cv resumes each fold from OUT/foldI/last.pt by itself; --model and --init-weights "
                      "(weights trained on these images would leak into the held-out folds) are not accepted")

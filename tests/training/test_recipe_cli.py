@@ -192,7 +192,7 @@ def test_leave_one_breed_out_scores_every_photo_with_a_model_that_never_saw_its_
     assert main(["--data_path", str(pets30), "--out", str(out), "--by-breed", "-n", "unet", "-e", "1",
                  "--image-size", "32", "-b", "8", "--workers", "0", "--limit", "8"]) == 0
     report = json.loads((out / "cv_report.json").read_text())
-    assert report["by_breed"] is True and report["folds"] == 2
+    assert report["by_breed"] is True and report["folds"] == 2 and report["limit"] == 8
     everything = {s.name for split in ("train", "valid") for s in list_split(pets30, split)}
     assert set(report["fold_of"]) == everything
     assert all(report["fold_of"][name] == name.rsplit("_", 1)[0] for name in everything)
@@ -201,3 +201,11 @@ def test_leave_one_breed_out_scores_every_photo_with_a_model_that_never_saw_its_
     assert (out / "cv_worst.png").is_file()
     assert built == [("train", {"beagle"}), ("valid", {"Abyssinian"}), ("train", {"Abyssinian"}),
                      ("valid", {"beagle"})]
+
+
+def test_cv_refuses_a_single_fold_instead_of_ignoring_it(pets30: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.cv import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--data_path", str(pets30), "--fold", "1"])
+    assert exc.value.code == 2 and "every fold itself" in capsys.readouterr().err
