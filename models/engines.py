@@ -146,6 +146,6 @@ def open_segmenter(path: str | os.PathLike[str], *, runtime: str = "auto", devic
     except CalibrationError as exc:
         if not chosen_by_auto:
             raise
-        log.warning("%s; serving with the PyTorch engine instead", exc)
+        log.warning("%s; running on the PyTorch engine instead", exc)
         return Segmenter.from_file(path, device=device, precision="auto", compile=compile,
                                    allow_untrained=allow_untrained)
