@@ -266,7 +266,7 @@ def test_resuming_without_out_goes_on_in_the_runs_own_folder(
     shutil.copy2(one_epoch / "last.pt", run / "last.pt")
     monkeypatch.chdir(tmp_path)
     assert main(["--data_path", str(pets30), *FAST, "-e", "2", "--model", str(run / "last.pt")]) == 0
-    assert load_checkpoint(run / "last.pt").epoch == 2 and (run / "best.pt").is_file()
+    assert load_checkpoint(run / "last.pt").epoch == 2 and (run / "history.json").is_file()  # best.pt only if better
     assert not (tmp_path / "runs").exists()
 
 
