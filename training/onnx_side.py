@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.cli import at_least, run_cli, setup_logging
+from training.cli import at_least, check_can_write, run_cli, setup_logging
 
 __all__ = ["rescale_traced_sides"]
 
@@ -32,7 +32,10 @@ def rescale_traced_sides(source: Path, target: Path, side: int) -> int:
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(source))
+    try:
+        model = onnx.load(str(source))
+    except Exception as exc:  # onnx raises DecodeError, ValidationError, OSError...
+        raise ValueError(f"{source} is not a readable ONNX model: {exc}") from None
     dims = model.graph.input[0].type.tensor_type.shape.dim
     if len(dims) != 4 or not all(d.HasField("dim_value") for d in dims[2:]) or dims[2].dim_value != dims[3].dim_value:
         raise ValueError(f"{source} does not take a fixed square NCHW input")
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         if not args.source.is_file():
             raise FileNotFoundError(f"model not found: {args.source}")
+        check_can_write(args.target, folder=False)
         count = rescale_traced_sides(args.source, args.target, args.side)
         print(f"wrote {args.target}: {count} frozen Resize size(s) rescaled to a {args.side}x{args.side} input")
         return 0

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from models.atomic_files import write_atomically
 from models.pngwrite import encode_png
-from training.cli import at_least, model_path, run_cli, setup_logging, unit_interval
+from training.cli import at_least, check_can_write, model_path, run_cli, setup_logging, unit_interval
 from training.images import DatasetFileError, read_rgb
 from training.predict import collect_inputs, existing_files
 from training.shards import parse_shard, take_shard
@@ -166,13 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             total = len(names)
             names = [n for n, _ in take_shard([(n, None) for n in names], args.shard)]
             log.info("shard %s: %d of %d photo(s)", args.shard, len(names), total)
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {out} is a file, not a folder")
-        out.mkdir(parents=True, exist_ok=True)
+        out = check_can_write(args.out, folder=True)
         teacher = build_teacher(args)
         record = json.loads(json.dumps(teacher.record()))  # as the file holds it: lists, not tuples
         _check_record(out, record, args.overwrite)
+        out.mkdir(parents=True, exist_ok=True)  # only once the teacher has loaded: a refused run leaves nothing
         write_atomically(out / RECORD_NAME, lambda h: h.write(json.dumps(
             {"teacher": record, "format": "8-bit PNG, value = round(255 x pet probability), photo's size"},
             indent=1).encode()))

@@ -85,3 +85,14 @@ def test_the_command_refuses_a_missing_model_and_a_tiny_side(tmp_path: Path,
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path / "none.onnx"), str(tmp_path / "out.onnx"), "--side", "8"])
     assert exc.value.code == 2
+
+
+def test_a_file_that_is_not_onnx_or_a_target_under_a_file_is_one_line(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx model")
+    assert main([str(broken), str(tmp_path / "out.onnx"), "--side", "256"]) == 2
+    assert "not a readable ONNX model" in capsys.readouterr().err and not (tmp_path / "out.onnx").exists()
+    model = traced_like(tmp_path / "traced.onnx")
+    assert main([str(model), str(broken / "out.onnx"), "--side", "48"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -211,3 +211,14 @@ def test_a_checkpoint_ensemble_with_flips_is_a_teacher(tiny_checkpoint: Path, te
     assert record["flip"] is True and len(record["checkpoints"]) == 2
     vetoed = VetoedTeacher(OnnxSaliencyTeacher(teacher_file, runtime="onnxruntime"), single, 0.2).record()
     assert vetoed["kind"] == "vetoed" and vetoed["judge"]["kind"] == "petseg-checkpoint"
+
+
+def test_an_unreadable_teacher_or_an_out_under_a_file_is_one_line_and_leaves_nothing(
+        photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx model")
+    assert main([str(photos), "--onnx", str(broken), "--out", str(tmp_path / "labels")]) == 2
+    assert "not a readable ONNX model" in capsys.readouterr().err
+    assert not (tmp_path / "labels").exists()
+    assert main([str(photos), "--onnx", str(broken), "--out", str(broken / "labels")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
