@@ -6,14 +6,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["MASK_IGNORE", "DatasetFileError", "read_rgb", "read_trimap", "trimap_to_mask"]
+__all__ = ["MASK_IGNORE", "PHOTO_SUFFIXES", "DatasetFileError", "photos_by_name", "read_rgb", "read_trimap",
+           "trimap_to_mask"]
 
 TRIMAP_PET, TRIMAP_BACKGROUND, TRIMAP_BORDER = 1, 2, 3
 MASK_IGNORE = 255  # training targets: a pixel the loss and the training metrics skip (``--border ignore``)
+PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
 
 class DatasetFileError(ValueError):
     """A dataset file that is missing, unreadable or inconsistent; the message names it."""
+
+
+def photos_by_name(folder: Path) -> dict[str, Path]:
+    """The photos of a folder by name (file stem), in name order, from one listing."""
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in PHOTO_SUFFIXES}
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -35,12 +35,11 @@ from training.cli import (
     unit_interval,
 )
 from training.data import SPLITS, Sample, list_split, load_sample
-from training.images import DatasetFileError, read_rgb
+from training.images import PHOTO_SUFFIXES, DatasetFileError, read_rgb
 from training.plots import save_comparison_grid
 from training.shards import parse_shard, take_shard
 
 log = logging.getLogger("training.predict")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +73,7 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
         elif path.is_file():
             files.append(path)
         else:

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from training.images import MASK_IGNORE, DatasetFileError, read_rgb
+from training.images import MASK_IGNORE, DatasetFileError, photos_by_name, read_rgb
 from training.shards import shard_of
 
 __all__ = ["SOURCE_LABELLED", "SOURCE_NAMES", "SOURCE_TEACHER", "TaggedDataset", "TeacherLabelledDataset",
@@ -36,7 +36,6 @@ __all__ = ["SOURCE_LABELLED", "SOURCE_NAMES", "SOURCE_TEACHER", "TaggedDataset",
 log = logging.getLogger(__name__)
 SOURCE_LABELLED, SOURCE_TEACHER = 0, 1
 SOURCE_NAMES = {SOURCE_LABELLED: "labelled", SOURCE_TEACHER: "teacher"}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def is_teacher_holdout(name: str, every: int) -> bool:
@@ -94,7 +93,7 @@ class TeacherLabelledDataset(Dataset[dict[str, Any]]):
         record = self.labels / "teacher.json"
         self.teacher: dict[str, Any] = json.loads(record.read_text()) if record.exists() else {}
         labelled = {p.stem for p in self.labels.glob("*.png")}
-        photos = {p.stem: p for p in sorted(self.images.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+        photos = photos_by_name(self.images)
         chosen = sorted(n for n in photos if n in labelled and (names is None or n in names))
         if not chosen:
             raise DatasetFileError(f"no photo in {self.images} has a teacher label in {self.labels}")

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from models.inference import SegmenterBase
-from training.images import read_rgb
+from training.images import photos_by_name, read_rgb
 from training.metrics import SegmentationMetrics, breed_of
 from training.plots import save_comparison_grid
 from training.pseudo_data import read_soft_label
@@ -39,8 +39,9 @@ def score_against_teacher(segmenter: SegmenterBase, images: Path, labels: Path, 
                           ) -> SegmentationMetrics:
     """Per-photo Dice of the model's mask against the teacher's, at each photo's size, outline band left out."""
     metrics = SegmentationMetrics()
+    photos = photos_by_name(images)
     for name in tqdm(names, desc="against the teacher", unit="img", disable=not progress):
-        image = read_rgb(_photo(images, name))
+        image = read_rgb(photos.get(name, images / f"{name}.jpg"))  # a missing photo: read_rgb names it
         teacher = read_soft_label(labels / f"{name}.png") >= 0.5
         pred = segmenter.predict(image) > threshold
         ignore = torch.from_numpy(outline_band(teacher, edge_band))[None]
@@ -57,17 +58,12 @@ def worst_per_breed_grid(segmenter: SegmenterBase, metrics: SegmentationMetrics,
         if breed not in worst or dice < worst[breed][1]:
             worst[breed] = (name, dice)
     rows = []
+    photos = photos_by_name(images)
     for breed in sorted(worst, key=lambda b: worst[b][1]):
         name, dice = worst[breed]
-        image = read_rgb(_photo(images, name))
+        image = read_rgb(photos.get(name, images / f"{name}.jpg"))
         rows.append((f"{name}  Dice {dice:.3f} vs teacher", image, read_soft_label(labels / f"{name}.png") >= 0.5,
                      segmenter.predict(image) > threshold))
     return save_comparison_grid(rows, path, title="worst photo of each breed against the teacher",
                                 labels=("teacher's mask", "model's mask"))
 
-
-def _photo(folder: Path, name: str) -> Path:
-    for suffix in (".jpg", ".jpeg", ".png", ".webp", ".bmp"):
-        if (folder / f"{name}{suffix}").exists():
-            return folder / f"{name}{suffix}"
-    return folder / f"{name}.jpg"  # read_rgb names it as missing
