@@ -8,9 +8,11 @@
 Writes ``<stem>_mask.png`` (plus ``<stem>_overlay.png`` with ``--overlay`` or ``<stem>_cutout.png`` with
 ``--cutout``) next to each image or into ``--out``, then prints one table row per image. ``--watch DIR``
 polls the folder instead and segments each new photo once its size has stopped changing, skipping those whose
-outputs are already there. Files are written atomically. Exit codes: 0 all done; 2 something to fix on this
-side (a missing file, the service unreachable, a 4xx answer: the message says which); 1 the service failed
-(5xx).
+outputs are already there. Files are written atomically. A photo the service refuses or fails on is named on
+stderr and the others are still sent; the table lists those done and a last line counts the rest. Output
+folders are checked before anything is sent. Exit codes: 0 all done; 2 something to fix on this side (a missing
+file, an output folder that cannot be written, the service unreachable, a photo refused with a 4xx answer: the
+message says which); 1 the service failed (5xx) on a photo.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-__all__ = ["ClientError", "Rendering", "ResultRow", "ServiceError", "format_table", "main", "match_ground_truths",
+__all__ = ["BatchResult", "ClientError", "Rendering", "ResultRow", "ServiceError", "format_table", "main", "match_ground_truths",
            "segment_files", "watch_folder"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -197,6 +199,18 @@ def match_ground_truths(images: Sequence[Path], truths: Sequence[Path] | None) -
     return list(truths)
 
 
+def check_folder_writable(folder: Path) -> None:
+    """Refuse, before anything is sent, an output folder that cannot be made or written: a file in its place or
+    above it, or no write permission on the nearest folder that exists. Creates nothing."""
+    if folder.exists() and not folder.is_dir():
+        raise ClientError(f"cannot write into {folder}: it is a file, not a folder")
+    existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ClientError(f"cannot write into {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ClientError(f"cannot write into {folder}: {existing} is not writable")
+
+
 def output_paths(images: Sequence[Path], out: Path | None, suffix: str | None = None
                  ) -> list[tuple[Path, Path | None]]:
     """Where each image's mask (and overlay or cutout: ``suffix``) go; refuses two images that would write the
@@ -288,24 +302,49 @@ def segment_one(client: httpx.Client, image: Path, truth: Path | None, mask_path
                      mask_path, rendering_path)
 
 
+@dataclass
+class BatchResult:
+    """The photos done (one row each) and those the service refused or failed on (the error of each)."""
+
+    rows: list[ResultRow]
+    failures: list[ClientError]
+
+    @property
+    def exit_code(self) -> int:
+        """1 when the service failed on any photo, else 2 when it refused any, else 0."""
+        codes = {failure.exit_code for failure in self.failures}
+        return EXIT_SERVER if EXIT_SERVER in codes else EXIT_USAGE if codes else EXIT_OK
+
+
 def segment_files(client: httpx.Client, images: Sequence[Path], *, out: Path | None = None,
                   rendering: Rendering = Rendering(), truths: Sequence[Path | None] | None = None,
-                  threshold: float | None = None, progress: bool | None = None) -> list[ResultRow]:
-    """Segment each image through ``client`` (its base URL set) and write the PNGs; return one row per image.
+                  threshold: float | None = None, progress: bool | None = None,
+                  report: Callable[[str], None] | None = None) -> BatchResult:
+    """Segment each image through ``client`` (its base URL set) and write the PNGs.
 
-    ``progress``: None shows a bar on a terminal when there is more than one image; False never does.
+    Inputs and output folders are checked before the first request. A photo the service refuses (4xx) or fails
+    on (5xx) is passed to ``report`` (stderr by default) and the next one is sent: one bad photo does not cost
+    the rest of a batch. An unreachable service ends the batch (``httpx.TransportError``): every photo would
+    fail the same way. ``progress``: None shows a bar on a terminal when there is more than one image.
     """
+    report = report or (lambda line: print(line, file=sys.stderr))
     check_files_exist(images, "image")
     truths = list(truths) if truths is not None else [None] * len(images)
     targets = output_paths(images, out, rendering.suffix)
+    for folder in sorted({mask.parent for mask, _ in targets}):
+        check_folder_writable(folder)
     show_bar = len(images) > 1 and progress is not False
-    rows = []
+    result = BatchResult([], [])
     for image, truth, (mask_path, rendering_path) in tqdm(list(zip(images, truths, targets, strict=True)),
                                                           desc="segment", unit="image", file=sys.stderr,
                                                           disable=None if show_bar else True):
-        rows.append(segment_one(client, image, truth, mask_path, rendering_path, rendering=rendering,
-                                threshold=threshold))
-    return rows
+        try:
+            result.rows.append(segment_one(client, image, truth, mask_path, rendering_path, rendering=rendering,
+                                           threshold=threshold))
+        except ClientError as exc:
+            result.failures.append(exc)
+            report(f"petseg: {exc}")
+    return result
 
 
 # ---------------------------------------------------------------- watching a folder
@@ -423,6 +462,7 @@ def run(args: argparse.Namespace, http: httpx.Client) -> int:
         if args.images or args.ground_truth:
             raise ClientError("--watch takes no IMAGE arguments and no --ground-truth")
         out = args.out if args.out is not None else args.watch / "segmented"
+        check_folder_writable(out)
         try:
             watch_folder(http, args.watch, out=out, rendering=rendering, threshold=args.threshold,
                          interval=args.interval)
@@ -432,10 +472,14 @@ def run(args: argparse.Namespace, http: httpx.Client) -> int:
     if not args.images:
         raise ClientError("give IMAGE files, or --watch DIR")
     truths = match_ground_truths(args.images, args.ground_truth)
-    rows = segment_files(http, args.images, out=args.out, rendering=rendering, truths=truths,
-                         threshold=args.threshold)
-    print(format_table(rows))
-    return EXIT_OK
+    result = segment_files(http, args.images, out=args.out, rendering=rendering, truths=truths,
+                           threshold=args.threshold)
+    if result.rows:
+        print(format_table(result.rows))
+    if result.failures:
+        print(f"petseg: {len(result.rows)} of {len(args.images)} photo(s) segmented, "
+              f"{len(result.failures)} not (named above)", file=sys.stderr)
+    return result.exit_code
 
 
 def main(argv: Sequence[str] | None = None, client: httpx.Client | None = None) -> int:

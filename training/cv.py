@@ -23,7 +23,7 @@ from pathlib import Path
 
 from models.blobs import DEFAULT_MIN_BLOB_RATIO
 from models.inference import Segmenter
-from training.cli import at_least, run_cli, setup_logging
+from training.cli import at_least, check_can_write, run_cli, setup_logging
 from training.data import list_split
 from training.evaluate import Evaluation, draw_worst, evaluate
 from training.metrics import breed_of
@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def run() -> int:
+        check_can_write(args.out or f"runs/cv-{args.net}", folder=True)  # before the first fold trains
         report = run_cross_validation(args, progress=sys.stderr.isatty())
         ignored = report["border_ignored"]
         kind = "leave-one-breed-out" if args.by_breed else f"{args.folds}-fold"

@@ -136,6 +136,64 @@ def test_4xx_answers_exit_2_with_the_detail(client: TestClient, photos: list[Pat
     assert "the service answered 422" in capsys.readouterr().err
 
 
+def test_a_refused_photo_does_not_stop_the_batch(client: TestClient, photos: list[Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "photos" / "bad.jpg"
+    bad.write_text("not a photo")
+    out = tmp_path / "masks"
+    assert main(["segment", str(photos[0]), str(bad), str(photos[1]), "--out", str(out)], client=client) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["pet0_mask.png", "pet1_mask.png"]
+    captured = capsys.readouterr()
+    assert [Path(row[0]).name for row in table(captured.out)[1:]] == ["pet0.jpg", "pet1.jpg"]
+    assert f"{bad}: the service answered 415" in captured.err
+    assert "2 of 3 photo(s) segmented, 1 not" in captured.err
+
+
+def test_a_service_failure_on_one_photo_exits_1_after_the_others(photos: list[Path], tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import base64
+
+    import httpx
+
+    mask = base64.b64encode(png_bytes(np.zeros((4, 4), np.uint8))).decode()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if b'filename="pet0.jpg"' in request.read():
+            return httpx.Response(500, json={"detail": "model crashed"})
+        return httpx.Response(200, json={"mask_png": mask, "output_png": None, "width": 4, "height": 4,
+                                         "foreground_fraction": 0.0, "dice": None})
+
+    fake = httpx.Client(base_url="http://127.0.0.1:9", transport=httpx.MockTransport(answer))
+    assert main(["segment", *map(str, photos), "--out", str(tmp_path / "m")], client=fake) == 1
+    assert [p.name for p in (tmp_path / "m").iterdir()] == ["pet1_mask.png"]
+    assert "pet0.jpg: the service answered 500: model crashed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["file", "under_file", "read_only"])
+def test_an_output_folder_that_cannot_be_written_is_refused_before_sending(
+        photos: list[Path], tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    sent = []
+    fake = httpx.Client(base_url="http://127.0.0.1:9",
+                        transport=httpx.MockTransport(lambda request: sent.append(request) or httpx.Response(500)))
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    out = {"file": blocker, "under_file": blocker / "masks", "read_only": tmp_path / "locked" / "masks"}[where]
+    if where == "read_only":  # as root a mode of 0o555 would not stop the write: the permission check says no
+        (tmp_path / "locked").mkdir()
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "locked"
+                            and real_access(path, mode))
+    for argv in (["segment", *map(str, photos), "--out", str(out)],
+                 ["segment", "--watch", str(photos[0].parent), "--out", str(out), "--interval", "0.1"]):
+        assert main(argv, client=fake) == 2
+        err = capsys.readouterr().err
+        assert f"cannot write into {out}: " in err and "\n" not in err.strip()
+    assert sent == [], "nothing is sent before the outputs are checked"
+
+
 def test_bad_threshold_is_a_usage_error(photos: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["segment", str(photos[0]), "--threshold", "1.5"])

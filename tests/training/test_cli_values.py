@@ -92,3 +92,15 @@ def test_predict_and_export_refuse_an_out_they_cannot_write_before_any_work(
     assert export_main(["--model", str(tiny_checkpoint), "--out", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing half-made
+
+
+def test_cv_refuses_an_out_it_cannot_write_before_the_first_fold_trains(
+        pet_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    in_the_way = tmp_path / "a-file"
+    in_the_way.write_text("")
+    for out in (in_the_way, in_the_way / "cv"):
+        assert cv_main(["--data_path", str(pet_dataset), "-n", "unet", "-e", "1", "--folds", "2",
+                        "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "is a file, not a folder" in err and "fold 1/2" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
