@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 
 import uvicorn
@@ -25,11 +26,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class PortInUseError(OSError):
+    """The address is taken: said before the model loads, which uvicorn does before it binds."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` as uvicorn will (SO_REUSEADDR) and let it go again. Uvicorn runs the app's start-up,
+    which loads and warms the model, before it binds, so a busy port would otherwise be found only after that."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise PortInUseError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise PortInUseError(f"cannot bind {host}:{port}: {exc.strerror} "
+                                 "(another server on that port? pick one with --port)") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.checkpoint:
         os.environ["PETSEG_CHECKPOINT"] = args.checkpoint
     try:
+        check_port_free(args.host, args.port)
         settings = load_settings()
         # Fail here with one line rather than inside uvicorn's start-up with a traceback.
         if settings.checkpoints is None:
@@ -42,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             except CheckpointError as exc:
                 raise CheckpointError(f"model {name!r} in PETSEG_CHECKPOINTS: {exc}") from None
         resolve_engine(settings.runtime, settings.precision, settings.device)  # the pair, and its packages
-    except (SettingsError, CheckpointError, ValueError) as exc:
+    except (SettingsError, CheckpointError, PortInUseError, ValueError) as exc:
         print(f"petseg-serve: {exc}", file=sys.stderr)
         return 2
     level = (args.log_level or settings.log_level).lower()

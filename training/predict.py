@@ -124,12 +124,11 @@ def main(argv: list[str] | None = None) -> int:
             items = take_shard(items, args.shard)
             log.info("shard %s: %d of %d photo(s)", args.shard, len(items), total)
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
         # Grid rows are spread evenly over the inputs, so a sorted split shows every breed, not the first one.
         # They are predicted even when their outputs exist: the grid needs the images and masks in memory.
         step = max(1, len(items) // max(1, args.grid_rows))
         grid_pick = set(range(0, len(items), step)[: args.grid_rows]) if args.grid else set()
-        done = set() if args.overwrite else existing_files(out)
+        done = set() if args.overwrite or not out.is_dir() else existing_files(out)
         todo = [(index, name, item) for index, (name, item) in enumerate(items)
                 if index in grid_pick or not done.issuperset(output_names(name, args.overlay))]
         skipped = len(items) - len(todo)
@@ -141,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         segmenter = open_engine(args, model_path(args.model), len(todo))
         segmenter.warmup((1,))
+        out.mkdir(parents=True, exist_ok=True)  # once the model loaded: a refused model leaves no empty folder
         border = segmenter.checkpoint.border_is_pet
         grid_rows, bad = [], 0
         for index, name, item in tqdm(todo, desc="predict", unit="img", disable=not sys.stderr.isatty()):

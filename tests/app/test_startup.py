@@ -25,6 +25,20 @@ def test_serve_with_a_missing_checkpoint_exits_2_with_one_line(tmp_path: Path) -
                                                   "(set PETSEG_CHECKPOINT)"]
 
 
+def test_serve_on_a_busy_port_says_so_before_loading_the_model(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # The checkpoint is missing too: the port is checked first, before any model is read.
+        result = start(["-m", "app", "--port", str(port)], PETSEG_CHECKPOINT=str(tmp_path / "gone.pt"))
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"petseg-serve: cannot bind 127.0.0.1:{port}: ") and "--port" in line
+
+
 def test_serve_with_an_invalid_setting_names_the_variable() -> None:
     result = start(["-m", "app", "--port", str(free_port())], PETSEG_DEVICE="gpu")
     assert result.returncode == 2

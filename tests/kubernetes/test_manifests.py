@@ -299,6 +299,7 @@ def test_shutdown_leaves_time_for_the_pause_and_the_drain(
     captured: dict[str, Any] = {}
     monkeypatch.setattr(serve.uvicorn, "run", lambda *args, **kwargs: captured.update(kwargs))
     monkeypatch.setattr(serve.signal, "signal", lambda *args: None)
+    monkeypatch.setattr(serve, "check_port_free", lambda host, port: None)  # the pod's port, maybe busy here
     monkeypatch.setenv("PETSEG_CHECKPOINT", str(tiny_checkpoint))
     deployment = one(builds["gpu"], "Deployment")
     assert serve.main(container(deployment)["command"][1:]) == 0

@@ -151,6 +151,17 @@ def test_predict_missing_input_is_exit_2(
     assert "input not found" in err and "nope.jpg" in err
 
 
+def test_predict_with_a_model_it_cannot_load_leaves_no_empty_folder(
+    photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    out = tmp_path / "masks"
+    assert predict.main(["--model", str(broken), str(photos), "--out", str(out), *CPU]) == 2
+    assert "broken.pt" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_predict_without_inputs_or_split_is_exit_2(tiny_checkpoint: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         predict.main(["--model", str(tiny_checkpoint)])
