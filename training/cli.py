@@ -138,6 +138,18 @@ def model_path(model: str) -> str:
     return model
 
 
+def user_message(exc: BaseException) -> str:
+    """The error's own message. An error raised in a DataLoader worker comes back to the main process as the
+    same type whose message is the worker's whole traceback ("Caught X in DataLoader worker process N. Original
+    Traceback ..."): keep only what the error said, its last line less the type's name."""
+    text = str(exc)
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    name, colon, message = last.partition(": ")
+    return message if colon and name.rsplit(".", 1)[-1] == type(exc).__name__ else last
+
+
 def run_cli(main: Callable[[], int | None]) -> int:
     """Run ``main``; turn user errors into one clear line on stderr and exit code 2, Ctrl-C into 130."""
     try:
@@ -146,5 +158,5 @@ def run_cli(main: Callable[[], int | None]) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2

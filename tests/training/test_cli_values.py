@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from app.client import main as client_main
+from training.cli import run_cli
 from training.cv import main as cv_main
 from training.evaluate import main as evaluate_main
+from training.images import DatasetFileError
 from training.predict import main as predict_main
 from training.train import main as train_main
 
@@ -104,3 +106,28 @@ def test_cv_refuses_an_out_it_cannot_write_before_the_first_fold_trains(
         err = capsys.readouterr().err
         assert "is a file, not a folder" in err and "fold 1/2" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+class _UnreadableAt:
+    """A dataset whose third photo cannot be read, as ``load_sample`` says it."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        if index == 2:
+            raise DatasetFileError("cannot read photo images/Bad_2.jpg: cannot identify image file")
+        return index
+
+
+def test_an_error_in_a_dataloader_worker_is_one_line_not_the_workers_traceback(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import torch.utils.data
+
+    def load_everything() -> int:
+        for _ in torch.utils.data.DataLoader(_UnreadableAt(), batch_size=1, num_workers=2):
+            pass
+        return 0
+
+    assert run_cli(load_everything) == 2
+    assert capsys.readouterr().err == "error: cannot read photo images/Bad_2.jpg: cannot identify image file\n"
