@@ -7,6 +7,7 @@ from typing import Any
 __all__ = ["SCHEDULERS", "TrainConfig"]
 
 SCHEDULERS = ("none", "cosine")
+MAX_TEACHER_GROW = 0.05  # a twentieth of the side: past any border band, a slip of the finger
 
 
 @dataclass
@@ -46,6 +47,7 @@ class TrainConfig:
     teacher_labels: str | None = None
     teacher_confidence: float = 0.9  # teacher pixels between 1 - c and c are left out of the loss
     teacher_edge_band: int = 2  # pixels each side of the teacher's outline left out (trimaps teach the border)
+    teacher_grow: float = 0.0  # the teacher's pet region grown by this share of the label's long side
     teacher_weight: float = 1.0  # a teacher-labelled image's weight in the loss, a labelled image's being 1
     labelled_repeat: int = 1  # the labelled photos appear this many times an epoch beside the teacher's
     teacher_holdout: int = 20  # 1 in N teacher-labelled photos (by a hash of the name) never trains; 0 = none
@@ -59,6 +61,8 @@ class TrainConfig:
                              "unsure pixels: use --augment strong with --teacher-labels")
         if not 0.5 <= self.teacher_confidence <= 1.0:
             raise ValueError(f"--teacher-confidence must be in [0.5, 1], not {self.teacher_confidence}")
+        if not 0.0 <= self.teacher_grow <= MAX_TEACHER_GROW:
+            raise ValueError(f"--teacher-grow must be in [0, {MAX_TEACHER_GROW}], not {self.teacher_grow}")
         if self.ignore_border and self.augment == "copy-paste":
             raise ValueError("--augment copy-paste cuts pets out along two-valued masks: use --border pet or "
                              "background")

@@ -119,15 +119,16 @@ def _with_teacher_labels(labelled: Any, config: TrainConfig, progress: bool) -> 
         names = {n for n in every if not is_teacher_holdout(n, config.teacher_holdout)}
     teacher = TeacherLabelledDataset(config.teacher_images, config.teacher_labels, image_size=config.image_size,
                                      confidence=config.teacher_confidence, edge_band=config.teacher_edge_band,
+                                     grow=config.teacher_grow,
                                      transform=build_transform(config.augment, config.image_size), names=names,
                                      progress=progress)
     if config.limit:
         teacher = Subset(teacher, range(min(config.limit, len(teacher))))  # type: ignore[assignment]
     tagged = TaggedDataset(labelled, SOURCE_LABELLED)
-    log.info("mix: %d labelled photos x %d + %d teacher-labelled photos (loss weight %g; pixels under %.2f "
-             "confidence and %d px each side of the teacher's outline left out)", len(labelled),
-             config.labelled_repeat, len(teacher), config.teacher_weight, config.teacher_confidence,
-             config.teacher_edge_band)
+    log.info("mix: %d labelled photos x %d + %d teacher-labelled photos (loss weight %g; pet grown by %g of "
+             "the side; pixels under %.2f confidence and %d px each side of the teacher's outline left out)",
+             len(labelled), config.labelled_repeat, len(teacher), config.teacher_weight, config.teacher_grow,
+             config.teacher_confidence, config.teacher_edge_band)
     return ConcatDataset([tagged] * config.labelled_repeat + [teacher])
 
 

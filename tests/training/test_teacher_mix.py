@@ -15,7 +15,13 @@ from tests.factories import blob_image
 from tests.training._runs import train
 from training.images import MASK_IGNORE
 from training.losses import BCEDiceLoss, loss_by_source
-from training.pseudo_data import SOURCE_TEACHER, TeacherLabelledDataset, is_teacher_holdout, soft_to_target
+from training.pseudo_data import (
+    SOURCE_TEACHER,
+    TeacherLabelledDataset,
+    grow_soft_label,
+    is_teacher_holdout,
+    soft_to_target,
+)
 
 
 def test_confident_pixels_become_targets_and_unsure_ones_are_left_out() -> None:
@@ -32,6 +38,28 @@ def test_a_band_along_the_teachers_outline_is_left_out_on_both_sides() -> None:
     target = soft_to_target(prob, 0.9, edge_band=2)[0]
     assert target[:8].tolist() == [0] * 8 and target[12:].tolist() == [1] * 9
     assert set(target[8:12].tolist()) == {MASK_IGNORE}
+
+
+def test_growing_moves_every_level_of_the_teachers_label_out_by_a_share_of_the_side() -> None:
+    yy, xx = np.mgrid[:100, :60]
+    distance = np.hypot(yy - 50, xx - 30)
+    prob = np.clip(1.0 - (distance - 10) / 4, 0, 1).astype(np.float32)  # 1 inside r=10, 0 outside r=14
+    grown = grow_soft_label(prob, 0.03)  # 0.03 of the long side (100): 3 px
+    for level in (0.25, 0.5, 0.75):
+        radius = np.sqrt((prob >= level).sum() / np.pi)
+        assert np.sqrt((grown >= level).sum() / np.pi) == pytest.approx(radius + 3, abs=0.3)
+    assert grown.min() == 0.0 and grown.max() == 1.0 and grown.dtype == np.float32
+    assert grow_soft_label(prob, 0.0) is prob
+    assert grow_soft_label(prob, 0.004) is prob  # under half a pixel: nothing to grow
+
+
+def test_the_dataset_grows_the_teachers_pet_when_asked(tmp_path: Path) -> None:
+    images, labels = write_teacher_set(tmp_path, count=2)
+    plain = TeacherLabelledDataset(images, labels, image_size=48, edge_band=0, progress=False)
+    grown = TeacherLabelledDataset(images, labels, image_size=48, edge_band=0, grow=0.05, progress=False)
+    for index in range(2):
+        before, after = plain[index]["mask"] == 1, grown[index]["mask"] == 1
+        assert bool((after | ~before).all()) and int(after.sum()) > int(before.sum())
 
 
 def test_each_source_counts_per_image_and_its_weight_scales_it() -> None:
@@ -94,14 +122,19 @@ def test_a_run_on_the_mix_logs_each_sources_loss_and_never_trains_on_the_held_ou
     seen: list[str] = []
     original = TeacherLabelledDataset.__init__
 
+    grows: list[object] = []
+
     def spy(self: TeacherLabelledDataset, *args: object, **kwargs: object) -> None:
         original(self, *args, **kwargs)  # type: ignore[arg-type]
         seen.extend(self.names)
+        grows.append(kwargs["grow"])
 
     monkeypatch.setattr(TeacherLabelledDataset, "__init__", spy)
     out = module_tmp_path / "run"
     assert train(pets30, out, "-n", "unet", "-e", "1", "--teacher-images", str(images), "--teacher-labels",
-                 str(labels), "--teacher-holdout", "4", "--labelled-repeat", "2", "--augment", "strong") == 0
+                 str(labels), "--teacher-holdout", "4", "--labelled-repeat", "2", "--augment", "strong",
+                 "--teacher-grow", "0.01") == 0
+    assert grows == [0.01]
     history = json.loads((out / "history.json").read_text())
     assert len(history["train_loss_labelled"]) == 1 and len(history["train_loss_teacher"]) == 1
     assert history["train_loss_teacher"][0] > 0
@@ -112,6 +145,7 @@ def test_a_run_on_the_mix_logs_each_sources_loss_and_never_trains_on_the_held_ou
 
     config = load_checkpoint(out / "last.pt").config
     assert config["teacher_labels"] == str(labels) and config["labelled_repeat"] == 2
+    assert config["teacher_grow"] == 0.01
 
 
 def test_teacher_images_without_labels_or_copy_paste_on_the_mix_are_refused(
@@ -123,6 +157,11 @@ def test_teacher_images_without_labels_or_copy_paste_on_the_mix_are_refused(
         train(pets30, tmp_path / "b", "--teacher-images", str(tmp_path), "--teacher-labels", str(tmp_path),
               "--augment", "copy-paste")
     assert exc.value.code == 2 and "copy-paste" in capsys.readouterr().err
+    for share in ("-0.01", "0.2"):
+        with pytest.raises(SystemExit) as exc:
+            train(pets30, tmp_path / "c", "--teacher-images", str(tmp_path), "--teacher-labels", str(tmp_path),
+                  "--teacher-grow", share)
+        assert exc.value.code == 2 and "--teacher-grow must be in [0, 0.05]" in capsys.readouterr().err
 
 
 class OutlineOf:
