@@ -12,7 +12,7 @@ import uvicorn
 
 from app.config import SettingsError, load_settings
 from models.checkpoint import CheckpointError, load_checkpoint
-from models.engines import resolve_engine
+from models.engine.selection import resolve_engine
 
 
 def build_parser() -> argparse.ArgumentParser:

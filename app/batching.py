@@ -31,7 +31,7 @@ import torch
 
 from app.cores import CoreShare, usable_cores
 from app.errors import ApiError
-from models.runtime import use_intra_op_threads
+from models.engine.runtime import use_intra_op_threads
 
 __all__ = ["BatchRunner"]
 

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.blobs import DEFAULT_MIN_BLOB_RATIO
+from models.imaging.blobs import DEFAULT_MIN_BLOB_RATIO
 
 __all__ = ["DEFAULT_CHECKPOINT", "DEFAULT_MODEL_NAME", "Settings", "SettingsError", "load_settings"]
 
@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
         "auto", description="what runs the model: torch, or the ONNX export on onnxruntime or openvino; auto = "
-                            "models.engines.auto_engine's rule")
+                            "models.engine.selection.auto_engine's rule")
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
         "auto", description="inference precision; int8 on the onnxruntime and openvino runtimes")
     calibration_data: Path | None = Field(
@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     min_blob_ratio: float = Field(
         DEFAULT_MIN_BLOB_RATIO, ge=0.0, le=1.0,
         description="drop detached regions of the mask smaller than this share of the largest one (false alarms on "
-                    "furniture, pavement, plants; models.blobs); 0 keeps every region")
+                    "furniture, pavement, plants; models.imaging.blobs); 0 keeps every region")
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted request body")
     max_pixels: int = Field(50_000_000, gt=0, description="largest accepted image, width x height")
     max_batch: int = Field(0, ge=0, le=256, description="micro-batch size; 0 = auto (1 on CPU, 8 on GPU)")

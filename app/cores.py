@@ -20,7 +20,7 @@ import os
 import threading
 from collections.abc import Iterator
 
-from models.runtime import usable_cores
+from models.engine.runtime import usable_cores
 
 __all__ = ["CoreShare", "defer_to_model_lanes", "usable_cores"]
 

@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.errors import ApiError
-from models.pngwrite import encode_gray_png
-from models.pngwrite import encode_png as write_png
+from models.imaging.pngwrite import encode_gray_png
+from models.imaging.pngwrite import encode_png as write_png
 
 __all__ = ["DecodedImage", "decode_ground_truth", "decode_image", "encode_mask_png", "encode_png"]
 
@@ -143,7 +143,7 @@ def decode_ground_truth(data: bytes, *, size: tuple[int, int], max_pixels: int, 
 
 
 def encode_png(array: np.ndarray) -> bytes:
-    """PNG of a picture (HxW gray, HxWx3 RGB or HxWx4 RGBA uint8): Up row filter and zlib-ng (models.pngwrite),
+    """PNG of a picture (HxW gray, HxWx3 RGB or HxWx4 RGBA uint8): Up row filter and zlib-ng (models.imaging.pngwrite),
     split across the cores when large."""
     return write_png(array)
 

@@ -9,7 +9,7 @@ from itertools import chain
 from torch import nn
 
 from app.errors import ApiError
-from models.inference import SegmenterBase
+from models.engine.segmenter import SegmenterBase
 
 __all__ = ["ModelSet", "ServedModel", "weights_bytes"]
 

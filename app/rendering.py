@@ -19,14 +19,14 @@ from app.compose import Box, Colour, Margin, composite, crop_to_subject, parse_c
 from app.errors import ApiError
 from app.imaging import encode_mask_png, encode_png
 from app.postprocess import FullSizePrediction
-from models.overlay import tint
-from models.refine import guided_upsample
+from models.imaging.overlay import tint
+from models.imaging.refine import guided_upsample
 
 __all__ = ["ALPHA_CONTRAST", "JPEG_QUALITY", "OUTPUTS", "RenderRequest", "Rendered", "render", "render_request"]
 
 OUTPUTS: tuple[str, ...] = ("mask", "probability", "overlay", "cutout", "alpha")
 Encoding = Literal["png", "jpeg"]
-# The soft alpha is the guided-filter-refined probability steepened around 0.5 (models.refine, ``contrast``):
+# The soft alpha is the guided-filter-refined probability steepened around 0.5 (models.imaging.refine, ``contrast``):
 # below 0.375 clear, above 0.625 opaque, graded in between, so that where the model is merely fairly sure
 # (0.9 on the pet, 0.1 on the background) the cutout is opaque or clear rather than faintly see-through.
 ALPHA_CONTRAST = 4.0

@@ -17,11 +17,11 @@ from app.imaging import DecodedImage, decode_ground_truth, decode_image, encode_
 from app.model_set import ModelSet
 from app.postprocess import dice_score, to_full_size
 from app.rendering import OUTPUTS, RenderRequest
-from models.blobs import drop_small_blobs
 from models.checkpoint import CheckpointError
-from models.engines import open_segmenter
-from models.inference import SegmenterBase
-from models.runtime import resolve_device
+from models.engine.runtime import resolve_device
+from models.engine.segmenter import SegmenterBase
+from models.engine.selection import open_segmenter
+from models.imaging.blobs import drop_small_blobs
 
 __all__ = ["OUTPUTS", "SegmentResult", "SegmentationService", "model_lanes"]
 

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 
 from models import build_model
 from models.checkpoint import Checkpoint, save_checkpoint
-from models.runtime import usable_cores
+from models.engine.runtime import usable_cores
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"

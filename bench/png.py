@@ -8,7 +8,7 @@ benchmark uses) with an elliptical pet over half of it, times (median of ``--rep
 
 - **Pillow**: ``Image.save(format="PNG", compress_level=1)``, the writer these answers had before (for the
   cutout: the photo stacked with its alpha as it was, colour kept under the transparent background);
-- **banded, one thread**: ``models.pngwrite.encode_png`` (Up filter, zlib-ng level 2) on one core (for the
+- **banded, one thread**: ``models.imaging.pngwrite.encode_png`` (Up filter, zlib-ng level 2) on one core (for the
   cutout: ``app.compose.composite``, which blacks out what is fully transparent, plus the writer);
 - **banded, all cores**: what the service does (``app.imaging.encode_png``).
 
@@ -28,9 +28,9 @@ from app.compose import composite
 from app.cores import usable_cores
 from app.imaging import encode_png as service_png
 from bench.common import machine_info, markdown_table, median_ms, synthetic_photo
-from models.overlay import tint
-from models.pngwrite import encode_png
-from models.runtime import keep_freed_memory
+from models.engine.runtime import keep_freed_memory
+from models.imaging.overlay import tint
+from models.imaging.pngwrite import encode_png
 
 SIZES = ((500, 375), (4000, 3000))
 

@@ -3,12 +3,12 @@
     python -m bench.refine            # a few seconds; --repeats N for steadier medians
 
 For a 500x375 and a 4000x3000 photo, times (median of ``--repeats``) ``app.postprocess.to_full_size`` (what
-every request does after the model: bilinear up-sampling and the threshold) and ``models.refine.
+every request does after the model: bilinear up-sampling and the threshold) and ``models.imaging.refine.
 guided_upsample`` as ``output=alpha`` calls it (colour guide, uint8, contrast), plus the grey guide, and
 prints each as a ratio against ``to_full_size`` of the same photo in the same run, with the CPU's name.
 
 A second column times the model's input taken from the full-size photo, as these answers need it:
-``models.inference.resize_for_model`` (halving first) against one ``cv2.resize`` INTER_AREA straight to the
+``models.engine.segmenter.resize_for_model`` (halving first) against one ``cv2.resize`` INTER_AREA straight to the
 model's side.
 """
 from __future__ import annotations
@@ -21,9 +21,9 @@ import numpy as np
 from app.postprocess import to_full_size
 from app.rendering import ALPHA_CONTRAST
 from bench.common import machine_info, markdown_table, median_ms, synthetic_photo
-from models.inference import resize_for_model
-from models.refine import guided_upsample
-from models.runtime import keep_freed_memory
+from models.engine.runtime import keep_freed_memory
+from models.engine.segmenter import resize_for_model
+from models.imaging.refine import guided_upsample
 
 SIZES = ((500, 375), (4000, 3000))
 MODEL_SIZE = 192  # the embedded model's input size

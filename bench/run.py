@@ -10,7 +10,7 @@ Run from the repository root (CUDA is used when present; ``--device cpu`` forces
 Per model, with random weights (speed does not depend on them):
 
 1. baseline: fp32, eager, NCHW, batch 1, ``torch.no_grad()``, as the lab report runs it;
-2. engine: ``models.inference.Segmenter.forward`` (bf16 autocast where the hardware computes bf16,
+2. engine: ``models.engine.segmenter.Segmenter.forward`` (bf16 autocast where the hardware computes bf16,
    channels_last, ``inference_mode``) at batch 1 and a larger batch; FLOPs of one forward
    (``FlopCounterMode``) turn images/s into GFLOP/s, compared with the matrix-product rate measured in the
    same run;
@@ -19,7 +19,7 @@ Per model, with random weights (speed does not depend on them):
    RSS;
 4. training: the report's plain loop (fp32, NCHW, sigmoid + ``nn.BCELoss`` + Dice) vs the project's
    ``training.loop.train_one_epoch`` (bf16 where native, channels_last, BCE-with-logits + Dice, clipping).
-5. runtimes: the model exported to ONNX (``models.exported``) on ONNX Runtime and OpenVINO, fp32 and int8 (static
+5. runtimes: the model exported to ONNX (``models.engine.exported``) on ONNX Runtime and OpenVINO, fp32 and int8 (static
    QDQ calibrated on synthetic photos: the weights are random, so only the speed means something here; accuracy
    is gated by tests/models/test_int8.py), batch 1 on all cores, each built and timed on a fresh thread of a
    fresh process; the service's runtime (``PETSEG_RUNTIME=auto``) is read from its ``/model``.
@@ -73,11 +73,11 @@ from bench.common import (
 )
 from models import build_model
 from models.checkpoint import Checkpoint, save_checkpoint
-from models.engines import installed_runtimes
-from models.export_cache import CACHE_ENV
-from models.inference import Segmenter, SegmenterBase
-from models.registry import canonical_arch_name
-from models.runtime import keep_freed_memory, resolve_device, resolve_precision
+from models.engine.export_cache import CACHE_ENV
+from models.engine.runtime import keep_freed_memory, resolve_device, resolve_precision
+from models.engine.segmenter import Segmenter, SegmenterBase
+from models.engine.selection import installed_runtimes
+from models.nets.registry import canonical_arch_name
 from training.loop import StepContext, train_one_epoch
 from training.losses import BCEDiceLoss
 
@@ -403,7 +403,7 @@ def bench_runtimes(checkpoint: Checkpoint, device: torch.device, budget: Budget)
 def _build_and_time_exported(checkpoint: Checkpoint, runtime: str, precision: str, photos: str,
                              budget: Budget) -> Timing:
     """Build (export, quantise or read from the cache), warm and time one exported engine at batch 1."""
-    from models.exported import ExportedSegmenter
+    from models.engine.exported import ExportedSegmenter
 
     engine = ExportedSegmenter(checkpoint, runtime=runtime, precision=precision, calibration=photos)
     engine.warmup((1,))
@@ -572,7 +572,7 @@ def _with_int8_ranges(path: Path, checkpoint: Checkpoint) -> Path:
     the speed does not depend on them. Unchanged where ONNX Runtime is not installed."""
     if not {"onnxruntime", "openvino"} & installed_runtimes():
         return path
-    from models.quantize import measure_ranges
+    from models.engine.quantize import measure_ranges
 
     with tempfile.TemporaryDirectory(prefix="petseg-bench-photos-") as tmp:
         photos = []

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from models.atomic_files import write_atomically
-from models.registry import UnknownArchitectureError, build_model, canonical_arch_name
+from models.nets.registry import UnknownArchitectureError, build_model, canonical_arch_name
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -55,7 +55,7 @@ class Checkpoint:
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     training_state: dict[str, Any] | None = None
     card: dict[str, Any] = field(default_factory=dict)
-    # int8 activation ranges measured on calibration photos (models.quantize.Int8Calibration.to_dict()), so that
+    # int8 activation ranges measured on calibration photos (models.engine.quantize.Int8Calibration.to_dict()), so that
     # int8 can be served without the photos; empty when none were measured.
     int8_calibration: dict[str, str] = field(default_factory=dict)
 

@@ -1,6 +1,6 @@
 """ImageNet weights for the hand-built ResNet-34 encoder, from torchvision's published checkpoint.
 
-torchvision names the layers ``conv1``/``bn1``/``layerN.i.*``/``fc``; ``models.resnet.ResNet34Encoder`` names the
+torchvision names the layers ``conv1``/``bn1``/``layerN.i.*``/``fc``; ``models.nets.resnet.ResNet34Encoder`` names the
 stem ``stem.0``/``stem.1`` and keeps the ``layerN.i.*`` names. The mapping is checked key by key and shape by
 shape, so a file of another network fails with a message instead of loading half its weights.
 """

@@ -52,7 +52,7 @@ def sample_data() -> Path:
 def export_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """``PETSEG_CACHE_DIR`` pointed at a folder of this session's, so each checkpoint is exported to ONNX (and
     quantised) once per session, by whichever test asks first."""
-    from models.export_cache import CACHE_ENV
+    from models.engine.export_cache import CACHE_ENV
 
     folder = tmp_path_factory.mktemp("petseg-cache")
     with pytest.MonkeyPatch.context() as patch:

@@ -9,7 +9,7 @@ import torch
 
 from app.config import DEFAULT_CHECKPOINT, Settings
 from models.checkpoint import CheckpointError, load_checkpoint
-from models.inference import Segmenter
+from models.engine.segmenter import Segmenter
 from training.data import list_split, load_sample
 
 CARD_KEYS = ("training_data", "train_images", "command", "training_time", "machine", "licence")

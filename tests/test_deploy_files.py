@@ -334,7 +334,7 @@ def test_dockerignore_keeps_data_environments_and_caches_out() -> None:
 
 def test_dockerignore_keeps_what_the_image_needs() -> None:
     patterns = dockerignore_patterns()
-    for path in ("pyproject.toml", "README.md", "models/weights/default.pt", "models/unet.py", "app/main.py",
+    for path in ("pyproject.toml", "README.md", "models/weights/default.pt", "models/nets/unet.py", "app/main.py",
                  "app/static/index.html", "training/train.py"):
         assert not ignored(path, patterns), f"{path} is excluded but the image needs it"
 

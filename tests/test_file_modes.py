@@ -38,7 +38,7 @@ def test_the_onnx_export(tmp_path: Path, umask: int) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    from models.onnx_export import save_onnx
+    from models.engine.onnx_export import save_onnx
 
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],

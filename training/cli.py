@@ -9,11 +9,11 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from models.blobs import DEFAULT_MIN_BLOB_RATIO
 from models.checkpoint import CheckpointError
-from models.engines import ENGINE_PRECISIONS, RUNTIMES, open_segmenter
-from models.inference import SegmenterBase
-from models.registry import UnknownArchitectureError
+from models.engine.segmenter import SegmenterBase
+from models.engine.selection import ENGINE_PRECISIONS, RUNTIMES, open_segmenter
+from models.imaging.blobs import DEFAULT_MIN_BLOB_RATIO
+from models.nets.registry import UnknownArchitectureError
 from training.download import DownloadError
 from training.images import DatasetFileError
 
@@ -68,7 +68,7 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
     ``$PETSEG_RUNTIME``, ``$PETSEG_PRECISION`` and ``$PETSEG_COMPILE``, else auto, as the service reads them."""
     parser.add_argument("--runtime", choices=RUNTIMES, default=_env("PETSEG_RUNTIME", "auto"),
                         help="torch, or the ONNX export on onnxruntime or openvino; auto = the measured rule "
-                             "(models.engines.auto_engine)")
+                             "(models.engine.selection.auto_engine)")
     parser.add_argument("--precision", choices=ENGINE_PRECISIONS, default=_env("PETSEG_PRECISION", "auto"),
                         help="int8 runs on onnxruntime/openvino, calibrated on --calibration photos")
     parser.add_argument("--calibration", default=None,

@@ -21,8 +21,8 @@ import os
 import sys
 from pathlib import Path
 
-from models.blobs import DEFAULT_MIN_BLOB_RATIO
-from models.inference import Segmenter
+from models.engine.segmenter import Segmenter
+from models.imaging.blobs import DEFAULT_MIN_BLOB_RATIO
 from training.cli import at_least, check_can_write, run_cli, setup_logging
 from training.data import list_split
 from training.evaluate import Evaluation, draw_worst, evaluate

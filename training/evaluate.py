@@ -23,9 +23,9 @@ import torch
 from tqdm import tqdm
 
 from models.atomic_files import write_atomically
-from models.ensemble import EnsembleSegmenter
-from models.inference import SegmenterBase
-from models.refine import guided_upsample
+from models.engine.ensemble import EnsembleSegmenter
+from models.engine.segmenter import SegmenterBase
+from models.imaging.refine import guided_upsample
 from training.cli import (
     add_common_flags,
     add_inference_flags,

@@ -140,7 +140,7 @@ def _require(task: str, modules: tuple[str, ...]) -> None:
 def int8_ranges_for(checkpoint: Checkpoint, calibration: str | None) -> dict[str, str]:
     """The int8 ranges to store: measured on ``calibration`` photos when given, else the ones the checkpoint
     already carries if its weights are still those they were measured with, else none."""
-    from models.quantize import Int8Calibration, calibration_photos, calibration_source, measure_ranges
+    from models.engine.quantize import Int8Calibration, calibration_photos, calibration_source, measure_ranges
 
     if calibration:
         _require("measuring int8 ranges", ("onnx", "onnxscript", "onnxruntime"))
@@ -159,8 +159,8 @@ def export_onnx_file(checkpoint: Checkpoint, source: Path, out: Path, precision:
                      calibration: str | None) -> int:
     """Write the ONNX model (fp32, or int8 quantised from it), then compare it with PyTorch."""
     _require("ONNX export", ("onnx", "onnxscript") + (("onnxruntime",) if precision == "int8" else ()))
-    from models.onnx_export import build_onnx, save_onnx
-    from models.quantize import Int8Calibration, calibration_photos, calibration_source, quantize_int8
+    from models.engine.onnx_export import build_onnx, save_onnx
+    from models.engine.quantize import Int8Calibration, calibration_photos, calibration_source, quantize_int8
 
     carried = Int8Calibration.from_dict(checkpoint.int8_calibration)
     if precision == "int8" and calibration is None and carried is not None and carried.fits_weights(checkpoint):
@@ -187,7 +187,7 @@ def _compare_with_torch(checkpoint: Checkpoint, out: Path, precision: str) -> No
     if importlib.util.find_spec("onnxruntime") is None:
         log.warning("onnxruntime is not installed: the export was checked with onnx.checker only")
         return
-    from models.onnx_export import max_probability_difference
+    from models.engine.onnx_export import max_probability_difference
 
     size = checkpoint.image_size
     rng = np.random.default_rng(0)

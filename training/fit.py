@@ -20,9 +20,9 @@ from torch.utils.data.distributed import DistributedSampler
 
 from models import build_model
 from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from models.engine.runtime import resolve_device, resolve_precision
+from models.nets.registry import canonical_arch_name
 from models.pretrained import load_encoder_state
-from models.registry import canonical_arch_name
-from models.runtime import resolve_device, resolve_precision
 from training.config import SCHEDULERS, TrainConfig
 from training.copy_paste import CopyPaste
 from training.data import PetDataset

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models.runtime import autocast
+from models.engine.runtime import autocast
 from training.ema import WeightAverage
 from training.images import MASK_IGNORE
 from training.losses import loss_by_source

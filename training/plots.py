@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # headless: servers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from models.overlay import tint  # noqa: E402
+from models.imaging.overlay import tint  # noqa: E402
 
 __all__ = ["plot_history", "save_comparison_grid"]
 

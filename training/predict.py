@@ -20,12 +20,12 @@ import numpy as np
 from tqdm import tqdm
 
 from models.atomic_files import write_atomically
-from models.overlay import tint
-from models.pngwrite import encode_gray_png, encode_png
+from models.imaging.overlay import tint
+from models.imaging.pngwrite import encode_gray_png, encode_png
 from training.cli import (
+    EMBEDDED_MODEL,
     add_common_flags,
     add_inference_flags,
-    EMBEDDED_MODEL,
     at_least,
     check_can_write,
     model_path,
@@ -97,7 +97,7 @@ def save_png(array: np.ndarray, path: Path) -> None:
     """Write atomically: a killed process leaves the whole PNG or none (and maybe a hidden ``.tmp`` file).
 
     Masks (2-D) are written as the service writes them (run-length deflate), pictures with the Up filter, both
-    across the cores when large (models.pngwrite)."""
+    across the cores when large (models.imaging.pngwrite)."""
     data = encode_gray_png(array) if array.ndim == 2 else encode_png(array)
     write_atomically(path, lambda handle: handle.write(data))
 

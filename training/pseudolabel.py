@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from models.atomic_files import write_atomically
-from models.pngwrite import encode_png
+from models.imaging.pngwrite import encode_png
 from training.cli import at_least, check_can_write, model_path, run_cli, setup_logging, unit_interval
 from training.images import DatasetFileError, read_rgb
 from training.predict import collect_inputs, existing_files

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.inference import SegmenterBase
+from models.engine.segmenter import SegmenterBase
 from training.images import photos_by_name, read_rgb
 from training.metrics import SegmentationMetrics, breed_of
 from training.plots import save_comparison_grid

@@ -170,7 +170,7 @@ class CheckpointTeacher:
 
     def __init__(self, paths: Sequence[str | os.PathLike[str]], *, flip: bool = False, runtime: str = "torch",
                  device: str = "cpu") -> None:
-        from models.engines import open_segmenter
+        from models.engine.selection import open_segmenter
 
         if not paths:
             raise ValueError("a checkpoint teacher needs at least one checkpoint")

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from models.registry import canonical_arch_name
+from models.nets.registry import canonical_arch_name
 from training.cli import add_common_flags, at_least, check_can_write, run_cli, setup_logging
 from training.config import SCHEDULERS, TrainConfig
 from training.transforms import AUGMENTATIONS

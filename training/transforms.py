@@ -7,8 +7,8 @@ from-scratch training on a few hundred images. ``copy-paste``: ``strong`` applie
 """
 from __future__ import annotations
 
-import cv2
 import albumentations as A
+import cv2
 
 from models.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 

@@ -5,8 +5,17 @@ import cv2
 import numpy as np
 import pytest
 
-from app.compose import (Box, Length, Margin, composite, cover, crop_to_subject, parse_colour, parse_margin,
-                         subject_box)
+from app.compose import (
+    Box,
+    Length,
+    Margin,
+    composite,
+    cover,
+    crop_to_subject,
+    parse_colour,
+    parse_margin,
+    subject_box,
+)
 
 RNG = np.random.default_rng(0)
 PHOTO = RNG.integers(0, 256, size=(40, 60, 3), dtype=np.uint8)

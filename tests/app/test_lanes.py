@@ -206,7 +206,7 @@ def test_warm_up_runs_every_batch_size_on_every_lane_at_its_share(tiny_checkpoin
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The compiled model is specialised per thread count: a batch size a lane never warmed at its share would be
     compiled while a request waits (measured: seconds per request with micro-batching on two lanes)."""
-    from models.inference import Segmenter
+    from models.engine.segmenter import Segmenter
 
     warmed: list[tuple[str, int, tuple[int, ...]]] = []
     real = Segmenter.warmup

@@ -340,7 +340,7 @@ def test_startup_untrained_checkpoint_allowed_when_asked(untrained: Path) -> Non
 
 
 def test_startup_warmup_failure_is_recorded(monkeypatch: pytest.MonkeyPatch, tiny_checkpoint: Path) -> None:
-    from models.inference import Segmenter
+    from models.engine.segmenter import Segmenter
 
     def out_of_memory(self: Segmenter, batch_sizes: object = (1,)) -> float:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from app.imaging import encode_mask_png
-from models.pngwrite import adler32_combine, encode_gray_png
 from app.postprocess import dice_score, to_full_size
+from models.imaging.pngwrite import adler32_combine, encode_gray_png
 
 
 def _smooth_map(size: int = 64, seed: int = 0) -> np.ndarray:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.config import SettingsError, load_settings
-from models.engines import installed_runtimes
+from models.engine.selection import installed_runtimes
 from tests.factories import blob_image, jpeg_bytes
 from tests.server import REPO, free_port
 

@@ -11,7 +11,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.app.helpers import app_client, assert_photo_where_visible, b64_png, image_files, mask_array, open_png
+from tests.app.helpers import (
+    app_client,
+    assert_photo_where_visible,
+    b64_png,
+    image_files,
+    mask_array,
+    open_png,
+)
 from tests.factories import blob_image, jpeg_bytes, png_bytes
 
 W, H = 64, 48

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.blobs import drop_small_blobs
-from models.inference import SegmenterBase
+from models.engine.segmenter import SegmenterBase
+from models.imaging.blobs import drop_small_blobs
 
 
 def two_blobs(small_side: int = 4) -> np.ndarray:

@@ -11,7 +11,7 @@ import torch
 
 from models import build_model
 from models.checkpoint import CHECKPOINT_FORMAT, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from models.inference import Segmenter
+from models.engine.segmenter import Segmenter
 from tests.factories import make_checkpoint
 
 

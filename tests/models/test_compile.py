@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
-from models.inference import Segmenter
-from models.runtime import has_cpp_compiler, resolve_compile
+from models.engine.runtime import has_cpp_compiler, resolve_compile
+from models.engine.segmenter import Segmenter
 from training.cli import COMPILE_MIN_IMAGES, compile_mode_for
 
 CPU = torch.device("cpu")
@@ -59,10 +59,10 @@ def _broken_compile(model: torch.nn.Module, **_: object):
 
 def test_compile_failure_under_auto_falls_back_to_eager(tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
                                                         caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr("models.inference.resolve_compile", lambda mode, device: True)
+    monkeypatch.setattr("models.engine.segmenter.resolve_compile", lambda mode, device: True)
     monkeypatch.setattr(torch, "compile", _broken_compile)
     segmenter = Segmenter(load_checkpoint(tiny_checkpoint), device="cpu", precision="fp32", compile="auto")
-    with caplog.at_level(logging.WARNING, logger="models.inference"):
+    with caplog.at_level(logging.WARNING, logger="models.engine.segmenter"):
         segmenter.warmup((1,))
     assert not segmenter.compiled and not segmenter.info.compiled
     assert "torch.compile failed (Compiler: g++ exited with status 1)" in caplog.text
@@ -109,7 +109,7 @@ def test_one_compiled_model_serves_lanes_with_different_thread_counts_at_once(ti
 def test_inductor_settings_hold_for_concurrent_users_and_are_restored_after() -> None:
     from torch._inductor import config as inductor_config
 
-    from models.inference import _frozen_weights
+    from models.engine.segmenter import _frozen_weights
 
     before = (inductor_config.freezing, inductor_config.cpp_wrapper, inductor_config.cpp.dynamic_threads)
     inside, release = threading.Barrier(3), threading.Event()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.engines import auto_engine, installed_runtimes, resolve_engine
+from models.engine.selection import auto_engine, installed_runtimes, resolve_engine
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 ALL = {"torch", "onnxruntime", "openvino"}
@@ -31,7 +31,7 @@ def test_auto_falls_back_to_torch_when_the_faster_runtime_is_not_installed() -> 
 
 @pytest.mark.parametrize(("amx", "expected"), [(True, ("torch", "auto")), (False, ("openvino", "int8"))])
 def test_auto_follows_the_cpu(amx: bool, expected: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("models.engines.cpu_has_amx", lambda: amx)
+    monkeypatch.setattr("models.engine.selection.cpu_has_amx", lambda: amx)
     choice = resolve_engine("auto", "auto", "cpu", installed=ALL)
     assert (choice.runtime, choice.precision) == expected
 

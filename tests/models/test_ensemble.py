@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.ensemble import EnsembleSegmenter
-from models.inference import SegmenterBase
+from models.engine.ensemble import EnsembleSegmenter
+from models.engine.segmenter import SegmenterBase
 from training import evaluate
 from training.data import list_split
 from training.images import read_trimap, trimap_to_mask

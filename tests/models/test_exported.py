@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from models.checkpoint import file_sha256, load_checkpoint
-from models.engines import installed_runtimes, open_segmenter
-from models.inference import Segmenter
-from models.runtime import use_intra_op_threads
+from models.engine.runtime import use_intra_op_threads
+from models.engine.segmenter import Segmenter
+from models.engine.selection import installed_runtimes, open_segmenter
 from tests.factories import blob_image
 
 pytestmark = pytest.mark.usefixtures("export_cache")
@@ -80,7 +80,7 @@ def test_the_export_is_cached_by_checkpoint_sha256_and_reused(tiny_checkpoint: P
     def no_export(*_: object, **__: object) -> None:
         raise AssertionError("exported again although the cache holds the model")
 
-    monkeypatch.setattr("models.exported.build_onnx", no_export)
+    monkeypatch.setattr("models.engine.exported.build_onnx", no_export)
     again = open_segmenter(tiny_checkpoint, runtime="onnxruntime", precision="fp32")
     assert again.predict(blob_image(40, 30)[0]).shape == (30, 40)
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from models import build_model
-from models.fusion import fold_batchnorm
+from models.engine.fusion import fold_batchnorm
 
 
 def _trained_looking(arch: str) -> nn.Module:

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
-from models.inference import Segmenter, resize_for_model
-from models.runtime import cpu_supports_bf16, keep_freed_memory, resolve_device, resolve_precision
+from models.engine.runtime import cpu_supports_bf16, keep_freed_memory, resolve_device, resolve_precision
+from models.engine.segmenter import Segmenter, resize_for_model
 from tests.factories import blob_image
 from training.data import list_split, load_sample
 

@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 
 from models.checkpoint import file_sha256, load_checkpoint, save_checkpoint
-from models.engines import EngineChoice, installed_runtimes, open_segmenter
-from models.inference import SegmenterBase
-from models.quantize import CALIBRATION_ENV, CALIBRATION_PHOTOS, CalibrationError, Int8Calibration, calibration_photos
+from models.engine.quantize import (
+    CALIBRATION_ENV,
+    CALIBRATION_PHOTOS,
+    CalibrationError,
+    Int8Calibration,
+    calibration_photos,
+)
+from models.engine.segmenter import SegmenterBase
+from models.engine.selection import EngineChoice, installed_runtimes, open_segmenter
 from tests.factories import blob_image, make_checkpoint
 from training.data import list_split, load_sample
 from training.export import main as export_main
@@ -66,7 +72,7 @@ def test_int8_asked_for_without_photos_fails_and_auto_falls_back_to_torch(tiny_c
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(CalibrationError):
         open_segmenter(tiny_checkpoint, runtime="onnxruntime", precision="int8", calibration=tmp_path / "none")
-    monkeypatch.setattr("models.engines.auto_engine", lambda *_, **__: EngineChoice("onnxruntime", "int8", "rule"))
+    monkeypatch.setattr("models.engine.selection.auto_engine", lambda *_, **__: EngineChoice("onnxruntime", "int8", "rule"))
     engine = open_segmenter(tiny_checkpoint, runtime="auto", precision="auto", calibration=tmp_path / "none")
     assert engine.info.runtime == "torch"
 
@@ -111,13 +117,13 @@ def test_ranges_measured_with_other_weights_are_refused_and_auto_falls_back_to_t
     path = save_checkpoint(retrained, tmp_path / "retrained.pt")
     with pytest.raises(CalibrationError, match="other weights"):
         open_segmenter(path, runtime="onnxruntime", precision="int8")
-    monkeypatch.setattr("models.engines.auto_engine", lambda *_, **__: EngineChoice("openvino", "int8", "rule"))
+    monkeypatch.setattr("models.engine.selection.auto_engine", lambda *_, **__: EngineChoice("openvino", "int8", "rule"))
     assert open_segmenter(path).info.runtime == "torch"
 
 
 def test_ranges_from_another_export_of_the_graph_are_refused(checkpoint_with_ranges: Path, tmp_path: Path) -> None:
-    from models.onnx_export import build_onnx, save_onnx
-    from models.quantize import quantize_int8
+    from models.engine.onnx_export import build_onnx, save_onnx
+    from models.engine.quantize import quantize_int8
 
     checkpoint = load_checkpoint(checkpoint_with_ranges)
     ranges = Int8Calibration.from_dict(checkpoint.int8_calibration)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from models import ARCHITECTURES, ResNet34_UNet, UNet, UnknownArchitectureError, build_model
-from models.resnet import BasicBlock, ResNet34Encoder
+from models.nets.resnet import BasicBlock, ResNet34Encoder
 
 ARCHS = ["unet", "resnet34_unet"]
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from models.checkpoint import file_sha256, load_checkpoint
-from models.inference import resize_for_model
-from models.onnx_export import normalise_pixels
+from models.engine.onnx_export import normalise_pixels
+from models.engine.segmenter import resize_for_model
 from tests.factories import blob_image
 from training.data import list_split, load_sample
 from training.export import main as export_main
@@ -74,7 +74,7 @@ def test_onnx_export_is_folded_no_batchnorm_left(tiny_onnx: Path) -> None:
 def test_onnx_probabilities_match_torch_on_random_and_real_images_of_any_size(tiny_checkpoint: Path,
                                                                                tiny_onnx: Path) -> None:
     pytest.importorskip("onnxruntime", reason="running the export needs onnxruntime")
-    from models.onnx_export import max_probability_difference
+    from models.engine.onnx_export import max_probability_difference
 
     checkpoint = load_checkpoint(tiny_checkpoint)
     rng = np.random.default_rng(1)
@@ -112,8 +112,8 @@ def test_int8_export_without_calibration_photos_is_a_clear_error(tiny_checkpoint
 def test_embedded_model_exports_and_matches_torch_on_real_pets(export_cache: Path, sample_data: Path) -> None:
     """The embedded model as the onnxruntime runtime exports it at start-up (the int8 gate reuses the file)."""
     pytest.importorskip("onnxruntime", reason="running the export needs onnxruntime")
-    from models.engines import open_segmenter
-    from models.onnx_export import max_probability_difference
+    from models.engine.onnx_export import max_probability_difference
+    from models.engine.selection import open_segmenter
 
     open_segmenter(DEFAULT_WEIGHTS, runtime="onnxruntime", precision="fp32")
     (exported,) = export_cache.glob(f"{file_sha256(DEFAULT_WEIGHTS)[:24]}-*-fp32.onnx")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.overlay import tint
+from models.imaging.overlay import tint
 
 RNG = np.random.default_rng(0)
 PHOTO = RNG.integers(0, 256, (37, 29, 3), dtype=np.uint8)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from app.imaging import encode_png as encode_picture_png
-from models.pngwrite import MASK_SETTINGS, PICTURE_SETTINGS, encode_png
+from models.imaging.pngwrite import MASK_SETTINGS, PICTURE_SETTINGS, encode_png
 
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 

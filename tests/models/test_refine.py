@@ -1,4 +1,4 @@
-"""models.refine: the guided filter against a direct reference, and guided_upsample's promises (shape, range,
+"""models.imaging.refine: the guided filter against a direct reference, and guided_upsample's promises (shape, range,
 constants, edges that follow the photo better than bilinear up-sampling, the fast path for big photos)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models.refine import default_radius, guided_filter, guided_upsample
+from models.imaging.refine import default_radius, guided_filter, guided_upsample
 
 
 def window_mean(x: np.ndarray, radius: int) -> np.ndarray:

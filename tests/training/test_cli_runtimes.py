@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.engines import installed_runtimes
+from models.engine.selection import installed_runtimes
 from training import predict
 
 

@@ -11,8 +11,8 @@ import torch
 
 from models import build_model
 from models.checkpoint import CheckpointError
+from models.nets.resnet import ResNet34Encoder
 from models.pretrained import encoder_state_from_torchvision, load_encoder_state
-from models.resnet import ResNet34Encoder
 from tests.training.test_download import PetServer, server  # noqa: F401 - the loopback server fixture
 from training.download import DownloadError
 from training.encoder_weights import read_encoder_weights

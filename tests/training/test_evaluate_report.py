@@ -84,7 +84,7 @@ def test_guided_refinement_is_scored_at_full_resolution(pet_dataset: Path, tiny_
 
 
 def test_background_crops_measure_what_is_taken_for_a_pet(pet_dataset: Path) -> None:
-    from models.inference import SegmenterBase
+    from models.engine.segmenter import SegmenterBase
     from training.evaluate import background_false_positives
 
     class Constant(SegmenterBase):

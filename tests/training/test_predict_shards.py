@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.inference import Segmenter
+from models.engine.segmenter import Segmenter
 from tests.factories import blob_image
 from training import predict
 from training.shards import INDEX_VARIABLE, Shard, parse_shard, shard_of, take_shard

@@ -30,8 +30,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from models.checkpoint import Checkpoint
-from models.inference import resize_for_model
-from models.onnx_export import INPUT_NAME, normalise_pixels, quiet_loggers, read_metadata, set_metadata
+from models.engine.onnx_export import INPUT_NAME, normalise_pixels, quiet_loggers, read_metadata, set_metadata
+from models.engine.segmenter import resize_for_model
 
 __all__ = ["CALIBRATION_ENV", "CALIBRATION_PHOTOS", "DEFAULT_CALIBRATION", "QUANTISATION", "CalibrationError",
            "Int8Calibration", "calibration_configured", "calibration_digest", "calibration_photos",
@@ -235,7 +235,7 @@ def describe_photos(photos: Sequence[Path]) -> str:
 
 def measure_ranges(checkpoint: Checkpoint, photos: Sequence[Path]) -> Int8Calibration:
     """Export ``checkpoint`` to ONNX and measure its activation ranges on ``photos``, to be stored in it."""
-    from models.onnx_export import build_onnx, save_onnx
+    from models.engine.onnx_export import build_onnx, save_onnx
 
     with tempfile.TemporaryDirectory(prefix="petseg-ranges-") as tmp:
         fp32 = save_onnx(build_onnx(checkpoint), Path(tmp) / "fp32.onnx")

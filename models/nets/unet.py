@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from models.layers import DoubleConv, Down, Up, crop_to, pad_to_multiple
+from models.nets.layers import DoubleConv, Down, Up, crop_to, pad_to_multiple
 
 __all__ = ["UNet"]
 

@@ -25,7 +25,7 @@ class BasicBlock(nn.Module):
     """Two 3x3 convs with an identity (or 1x1 projection) shortcut."""
 
     expansion: int = 1
-    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))  # for models.fusion.fold_batchnorm
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))  # for models.engine.fusion.fold_batchnorm
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()

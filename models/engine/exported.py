@@ -1,12 +1,12 @@
 """The engine on an exported ONNX model: ONNX Runtime or OpenVINO behind the same interface as the PyTorch one.
 
-The model is exported from the checkpoint at start-up (``models.onnx_export``) and, for int8, quantised
-(``models.quantize``); both are cached by the checkpoint's sha256 (``models.export_cache``), so only the first
+The model is exported from the checkpoint at start-up (``models.engine.onnx_export``) and, for int8, quantised
+(``models.engine.quantize``); both are cached by the checkpoint's sha256 (``models.engine.export_cache``), so only the first
 start pays for them. ``forward`` takes the (B, 3, S, S) uint8 batches that ``preprocess`` makes (or normalised
-float batches) and returns (B, S, S) probabilities, like :class:`models.inference.Segmenter`.
+float batches) and returns (B, S, S) probabilities, like :class:`models.engine.segmenter.Segmenter`.
 
 Threads: the service's model lanes set each pass's thread count on the calling thread
-(``models.runtime.use_intra_op_threads``);
+(``models.engine.runtime.use_intra_op_threads``);
 these runtimes fix theirs when a session (ONNX Runtime) or compiled model (OpenVINO) is built, so one is built per
 thread count asked for, during warm-up, and each pass uses the one for its count.
 """
@@ -25,10 +25,17 @@ import numpy as np
 import torch
 
 from models.checkpoint import Checkpoint, file_sha256
-from models.export_cache import cached_file
-from models.inference import SegmenterBase, SegmenterInfo, noise_batch
-from models.onnx_export import INPUT_NAME, OUTPUT_NAME, build_onnx, folded_fp32_model, normalise_pixels, save_onnx
-from models.runtime import intra_op_threads, usable_cores
+from models.engine.export_cache import cached_file
+from models.engine.onnx_export import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    build_onnx,
+    folded_fp32_model,
+    normalise_pixels,
+    save_onnx,
+)
+from models.engine.runtime import intra_op_threads, usable_cores
+from models.engine.segmenter import SegmenterBase, SegmenterInfo, noise_batch
 
 __all__ = ["EXPORTED_RUNTIMES", "ExportedSegmenter", "exported_model"]
 
@@ -105,8 +112,14 @@ def exported_model(checkpoint: Checkpoint, key: str, precision: str,
     fp32 = _cached_or_scratch(f"{stem}-fp32.onnx", export, scratch)
     if precision == "fp32":
         return fp32
-    from models.quantize import (Int8Calibration, calibration_configured, calibration_digest, calibration_photos,
-                                 calibration_source, quantize_int8)
+    from models.engine.quantize import (
+        Int8Calibration,
+        calibration_configured,
+        calibration_digest,
+        calibration_photos,
+        calibration_source,
+        quantize_int8,
+    )
 
     carried = Int8Calibration.from_dict(checkpoint.int8_calibration)
     if carried is not None and not calibration_configured(calibration):

@@ -1,7 +1,7 @@
 """Which runtime runs the model, and in which precision: ``PETSEG_RUNTIME`` / ``--runtime`` with ``--precision``.
 
-``torch`` is the PyTorch engine (``models.inference.Segmenter``: fp32, bf16, fp16 on CUDA, optionally compiled);
-``onnxruntime`` and ``openvino`` run the checkpoint's ONNX export (``models.exported``: fp32, or int8 calibrated
+``torch`` is the PyTorch engine (``models.engine.segmenter.Segmenter``: fp32, bf16, fp16 on CUDA, optionally compiled);
+``onnxruntime`` and ``openvino`` run the checkpoint's ONNX export (``models.engine.exported``: fp32, or int8 calibrated
 on training photos); ``auto`` applies :func:`auto_engine`. All of them offer the same interface, so the service,
 ``petseg-predict`` and ``petseg-evaluate`` take any.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from models.inference import Segmenter, SegmenterBase, load_for_inference
-from models.runtime import cpu_has_amx, resolve_device, resolve_precision
+from models.engine.runtime import cpu_has_amx, resolve_device, resolve_precision
+from models.engine.segmenter import Segmenter, SegmenterBase, load_for_inference
 
 __all__ = ["ENGINE_PRECISIONS", "RUNTIMES", "EngineChoice", "auto_engine", "installed_runtimes", "open_segmenter",
            "resolve_engine"]
@@ -133,8 +133,8 @@ def open_segmenter(path: str | os.PathLike[str], *, runtime: str = "auto", devic
     if choice.runtime == "torch":
         return Segmenter.from_file(path, device=device, precision=choice.precision, compile=compile,
                                    allow_untrained=allow_untrained)
-    from models.exported import ExportedSegmenter
-    from models.quantize import CalibrationError, check_int8_possible
+    from models.engine.exported import ExportedSegmenter
+    from models.engine.quantize import CalibrationError, check_int8_possible
 
     checkpoint = load_for_inference(path, allow_untrained=allow_untrained)
     chosen_by_auto = runtime.strip().lower() == "auto" and precision.strip().lower() == "auto"

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from models.inference import SegmenterBase
+from models.engine.segmenter import SegmenterBase
 
 __all__ = ["EnsembleSegmenter"]
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from models.atomic_files import write_atomically
 from models.checkpoint import Checkpoint
-from models.fusion import fold_batchnorm
+from models.engine.fusion import fold_batchnorm
 
 if TYPE_CHECKING:
     import onnx

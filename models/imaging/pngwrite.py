@@ -26,7 +26,7 @@ import numpy as np
 # zlib-ng: the deflate format of zlib, ~7x faster here (SIMD run matching, checksums)
 from zlib_ng import zlib_ng as zlib
 
-from models.runtime import usable_cores
+from models.host import usable_cores
 
 __all__ = ["MASK_SETTINGS", "PICTURE_SETTINGS", "DeflateSettings", "adler32_combine", "encode_gray_png",
            "encode_png"]

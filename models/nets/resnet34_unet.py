@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from models.layers import DoubleConv, Up, crop_to, pad_to_multiple
-from models.resnet import ResNet34Encoder
+from models.nets.layers import DoubleConv, Up, crop_to, pad_to_multiple
+from models.nets.resnet import ResNet34Encoder
 
 __all__ = ["ResNet34UNet"]
 

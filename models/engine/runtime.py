@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from models.host import usable_cores  # here too: the engine's users ask for it beside the threads
+
 __all__ = ["COMPILE_MODES", "PRECISIONS", "autocast", "cpu_has_amx", "cpu_supports_bf16", "dtype_of",
            "has_cpp_compiler", "intra_op_threads", "keep_freed_memory", "resolve_compile", "resolve_device",
            "resolve_precision", "usable_cores", "use_intra_op_threads"]
@@ -44,11 +46,6 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 _lane = threading.local()
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity mask, e.g. a container's cpuset), not the machine's."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def use_intra_op_threads(count: int) -> None:

@@ -1,6 +1,6 @@
 """The inference engine shared by the service, ``predict`` and ``evaluate``: the interface every runtime offers
 (:class:`SegmenterBase`) and its PyTorch implementation (:class:`Segmenter`; ONNX Runtime and OpenVINO are in
-``models.exported``, and ``models.engines.open_segmenter`` picks one).
+``models.engine.exported``, and ``models.engine.selection.open_segmenter`` picks one).
 
 The PyTorch engine owns one model on one device and picks the fastest correct path for it: BatchNorm folded into
 the convolutions, weights held in bf16 where the hardware computes bf16 natively (CUDA, or CPUs with
@@ -25,10 +25,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.blobs import drop_small_blobs
 from models.checkpoint import Checkpoint, CheckpointError, file_sha256, load_checkpoint
-from models.fusion import fold_batchnorm
-from models.runtime import dtype_of, keep_freed_memory, resolve_compile, resolve_device, resolve_precision
+from models.engine.fusion import fold_batchnorm
+from models.engine.runtime import (
+    dtype_of,
+    keep_freed_memory,
+    resolve_compile,
+    resolve_device,
+    resolve_precision,
+)
+from models.imaging.blobs import drop_small_blobs
 
 __all__ = ["Segmenter", "SegmenterBase", "SegmenterInfo", "load_for_inference", "noise_batch",
            "resize_for_model"]
@@ -79,7 +85,7 @@ def load_for_inference(path: str | os.PathLike[str], *, allow_untrained: bool = 
 
 
 class SegmenterBase:
-    """What every runtime's engine offers (torch here, ONNX Runtime and OpenVINO in ``models.exported``):
+    """What every runtime's engine offers (torch here, ONNX Runtime and OpenVINO in ``models.engine.exported``):
     ``preprocess`` on request threads, ``forward`` on model threads (with the calling thread's intra-op thread
     count, ``torch.set_num_threads``), ``warmup``, and ``predict``/``predict_batch`` for whole images."""
 
@@ -89,7 +95,7 @@ class SegmenterBase:
     runtime: str
     image_size: int
     info: SegmenterInfo
-    # predict/predict_batch drop detached regions smaller than this share of the largest (models.blobs) at this
+    # predict/predict_batch drop detached regions smaller than this share of the largest (models.imaging.blobs) at this
     # threshold; 0 = the model's map untouched. forward never does.
     min_blob_ratio: float = 0.0
     blob_threshold: float = 0.5

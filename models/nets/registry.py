@@ -5,8 +5,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from models.resnet34_unet import ResNet34UNet
-from models.unet import UNet
+from models.nets.resnet34_unet import ResNet34UNet
+from models.nets.unet import UNet
 
 __all__ = ["ARCHITECTURES", "build_model", "canonical_arch_name", "UnknownArchitectureError"]
 

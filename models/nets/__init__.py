@@ -1,0 +1,1 @@
+"""The networks: UNet, ResNet34-UNet (a hand-built ResNet-34 encoder), their layers and the registry of names."""
