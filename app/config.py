@@ -33,31 +33,38 @@ class Settings(BaseSettings):
                           "default; replaces PETSEG_CHECKPOINT")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
-        "auto", description="what runs the model: torch, or the ONNX export on onnxruntime or openvino; auto = "
-                            "models.engine.selection.auto_engine's rule")
+        "auto", description="what runs the model: torch, or its ONNX export on onnxruntime or openvino (extras "
+                            "onnx, openvino; CPU); auto = the measured rule of models.engine.selection.auto_engine: "
+                            "the PyTorch engine on GPUs and CPUs with AMX, OpenVINO int8 on other CPUs")
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
-        "auto", description="inference precision; int8 on the onnxruntime and openvino runtimes")
+        "auto", description="inference precision: fp32, bf16, fp16 (CUDA), int8 (onnxruntime, openvino); auto = "
+                            "the runtime rule's choice, else bf16 where the hardware computes it, else fp16/fp32")
     calibration_data: Path | None = Field(
         None, description="int8 calibration photos: an Oxford-IIIT Pet root (its train split) or a folder of photos; "
                           "when unset, the int8 ranges stored in the checkpoint, else dataset/oxford-iiit-pet")
     compile: Literal["auto", "on", "off"] = Field(
-        "auto", description="torch.compile the model at start-up; auto = on the CPU when a C++ compiler exists")
+        "auto", description="torch.compile the model during warm-up; auto = on the CPU when a C++ compiler "
+                            "(g++/clang++) is installed, off on CUDA. Adds 10-60 s to the first start on a small CPU")
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="default probability threshold for the mask")
     min_blob_ratio: float = Field(
         DEFAULT_MIN_BLOB_RATIO, ge=0.0, le=1.0,
         description="drop detached regions of the mask smaller than this share of the largest one (false alarms on "
                     "furniture, pavement, plants; models.imaging.blobs); 0 keeps every region")
-    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted request body")
-    max_pixels: int = Field(50_000_000, gt=0, description="largest accepted image, width x height")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0,
+                                  description="largest request body; larger is a 413 while it streams in")
+    max_pixels: int = Field(50_000_000, gt=0, description="largest image (width x height), checked from the header "
+                                                          "before decoding: 413")
     max_batch: int = Field(0, ge=0, le=256, description="micro-batch size; 0 = auto (1 on CPU, 8 on GPU)")
     batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits to fill")
     model_lanes: int = Field(
         0, ge=0, le=64, description="forward passes that may run at once, each on an equal share of the CPU cores "
                                     "(a pass that runs alone gets them all); 0 = auto (2 on a CPU with 2-3 cores, "
                                     "else 1)")
-    max_queue: int = Field(64, ge=1, description="requests waiting for the model before 503")
-    request_timeout_s: float = Field(60.0, gt=0, description="per-request time limit")
-    api_key: str | None = Field(None, description="when set, every endpoint but /health requires it")
+    max_queue: int = Field(64, ge=1, description="requests waiting for the model before 503 + Retry-After")
+    request_timeout_s: float = Field(60.0, gt=0, description="per-request time limit (503 after it)")
+    api_key: str | None = Field(None, description="when set, every endpoint but /health, /ready (the probes) and the "
+                                                  "page at / (which asks for the key) needs X-API-Key (or "
+                                                  "Authorization: Bearer); petseg segment sends it too")
     cors_origins: list[str] = Field(default_factory=list, description="allowed CORS origins (JSON list)")
     allow_urls: bool = Field(False, description="fetch photos from an image_url field (off: such requests get "
                                                 "403)")
@@ -67,7 +74,8 @@ class Settings(BaseSettings):
     url_connect_timeout_s: float = Field(5.0, gt=0, le=60, description="image_url: time to connect")
     url_read_timeout_s: float = Field(10.0, gt=0, le=300, description="image_url: longest wait for more bytes")
     allow_untrained: bool = Field(False, description="serve a checkpoint with epoch 0 (random weights): tests only")
-    log_level: str = Field("info", description="logging level")
+    log_level: str = Field("info", description="logging level of the service and uvicorn (debug, info, warning, "
+                                                "error); petseg-serve --log-level overrides it")
 
     @field_validator("device")
     @classmethod

@@ -30,7 +30,7 @@ def test_default_checkpoint_has_the_metadata_the_card_claims() -> None:
     assert checkpoint.training_state is None  # shipped weights only
     assert 0.0 < checkpoint.metrics["val_dice"] <= 1.0
     assert all(checkpoint.card.get(key) for key in CARD_KEYS), checkpoint.card
-    card_text = (Path(__file__).resolve().parents[1] / "MODEL_CARD.md").read_text()
+    card_text = (Path(__file__).resolve().parents[1] / "docs" / "model-card.md").read_text()
     assert f"{checkpoint.metrics['val_dice']:.3f}" in card_text
     assert checkpoint.card["command"] in card_text
 

@@ -340,10 +340,11 @@ def test_dockerignore_keeps_what_the_image_needs() -> None:
 
 
 # --------------------------------------------------------------------------------------------- README
-def test_readme_documents_compose() -> None:
-    text = (ROOT / "README.md").read_text()
+def test_readme_and_docs_document_compose() -> None:
+    assert "docker compose up" in (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "deployment.md").read_text()
     assert "docker compose up" in text
-    assert "/checkpoints/" in text, "README should say how to serve a custom checkpoint through the volume"
+    assert "/checkpoints/" in text, "the docs should say how to serve a custom checkpoint through the volume"
 
 
 # ---------------------------------------------------------------------------------- docker CLI (optional)

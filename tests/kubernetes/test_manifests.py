@@ -518,11 +518,11 @@ def test_pytorchjob_example_runs_torchrun_on_master_and_workers() -> None:
         build_parser().parse_args(train_args)
 
 
-# ------------------------------------------------------------------------------------------------ README
-def test_readme_walks_through_kubernetes_and_says_no_cluster_ran_it() -> None:
-    text = (ROOT / "README.md").read_text()
+# -------------------------------------------------------------------------------------------------- docs
+def test_the_docs_walk_through_kubernetes_and_say_no_cluster_ran_it() -> None:
+    text = (ROOT / "docs" / "deployment.md").read_text()
     section = text.split("## Running on Kubernetes", 1)
-    assert len(section) == 2, "README has no 'Running on Kubernetes' section"
+    assert len(section) == 2, "docs/deployment.md has no 'Running on Kubernetes' section"
     body = " ".join(section[1].split("\n## ", 1)[0].split())  # line breaks as spaces
     for needed in ("kubectl apply -k deploy/kubernetes/overlays/gpu", "petseg-api-key", "--shard",
                    "kubectl rollout", "petseg_queue_depth", "torchrun --nnodes"):
