@@ -20,8 +20,9 @@ __all__ = ["Background", "Box", "Length", "Margin", "composite", "cover", "crop_
            "parse_margin", "subject_box"]
 
 Colour = tuple[int, int, int]
-# None: transparent (an RGBA answer); a colour; or an RGB image (any size: it is scaled to cover)
-Background = Colour | np.ndarray | None
+TranslucentColour = tuple[int, int, int, int]  # r, g, b and the colour's own opacity, 0-255
+# None: transparent (an RGBA answer); a colour (with an opacity: RGBA again); or an RGB image (scaled to cover)
+Background = Colour | TranslucentColour | np.ndarray | None
 
 _HEX_COLOUR = re.compile(r"#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})")
 _LENGTH = re.compile(r"(\d+(?:\.\d+)?)(px|%)?")
@@ -144,13 +145,18 @@ def cover(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def composite(photo: np.ndarray, alpha: np.ndarray, background: Background) -> np.ndarray:
     """The photo (HxWx3 uint8) over ``background`` with ``alpha`` (HxW uint8, 255 = photo; or bool).
 
-    None gives RGBA (HxWx4, the alpha as is, black where it is 0); a colour or an image gives RGB (HxWx3)."""
+    None gives RGBA (HxWx4, the alpha as is, black where it is 0); a colour or an image gives RGB (HxWx3); a
+    colour with an opacity under 255 gives RGBA, the photo over a see-through colour."""
     if photo.shape[:2] != alpha.shape[:2]:
         raise ValueError(f"photo {photo.shape[:2]} and alpha {alpha.shape[:2]} differ in size")
     if alpha.dtype == bool:
         alpha = alpha.astype(np.uint8) * 255
     if background is None:
         return _transparent(photo, alpha)
+    if isinstance(background, tuple) and len(background) == 4:
+        if background[3] < 255:
+            return _over_translucent(photo, alpha, background)  # type: ignore[arg-type]
+        background = background[:3]
     height, width = alpha.shape
     if isinstance(background, np.ndarray):
         under = cover(background, (width, height))
@@ -159,6 +165,19 @@ def composite(photo: np.ndarray, alpha: np.ndarray, background: Background) -> n
         under[...] = background
     weight = alpha.astype(np.float32) * np.float32(1 / 255)
     return cv2.blendLinear(photo, np.ascontiguousarray(under), weight, 1.0 - weight)
+
+
+def _over_translucent(photo: np.ndarray, alpha: np.ndarray, colour: TranslucentColour) -> np.ndarray:
+    """RGBA: the photo (opacity ``alpha``) over a colour of its own opacity, by the "over" operator."""
+    front = alpha.astype(np.float32)[..., None] / 255.0
+    back = colour[3] / 255.0
+    out_alpha = front + back * (1.0 - front)
+    rgb = photo.astype(np.float32) * front + np.float32(colour[:3]) * (back * (1.0 - front))
+    rgb = np.divide(rgb, out_alpha, out=np.zeros_like(rgb), where=out_alpha > 0)
+    rgba = np.empty((*alpha.shape, 4), np.uint8)
+    rgba[..., :3] = np.clip(rgb + 0.5, 0, 255)
+    rgba[..., 3] = np.clip(out_alpha[..., 0] * 255.0 + 0.5, 0, 255)
+    return rgba
 
 
 def _transparent(photo: np.ndarray, alpha: np.ndarray) -> np.ndarray:

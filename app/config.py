@@ -73,6 +73,13 @@ class Settings(BaseSettings):
                                           "resolve to loopback, private or other non-public addresses")
     url_connect_timeout_s: float = Field(5.0, gt=0, le=60, description="image_url: time to connect")
     url_read_timeout_s: float = Field(10.0, gt=0, le=300, description="image_url: longest wait for more bytes")
+    removebg_default_size: Literal["auto", "preview", "full", "medium", "hd", "4k", "50mp", "small", "regular"] = \
+        Field("auto", description="the size POST /v1.0/removebg answers at when a request sends none: auto (the "
+                                  "photo's own resolution); remove.bg's own default is preview (0.25 megapixels): "
+                                  "set preview for answers identical in size to remove.bg's")
+    removebg_credits: float = Field(
+        1_000_000.0, ge=0, description="the credit balance GET /v1.0/account reports to remove.bg clients that "
+                                      "check it; this service charges none (X-Credits-Charged: 0)")
     allow_untrained: bool = Field(False, description="serve a checkpoint with epoch 0 (random weights): tests only")
     log_level: str = Field("info", description="logging level of the service and uvicorn (debug, info, warning, "
                                                 "error); petseg-serve --log-level overrides it")

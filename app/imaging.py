@@ -62,7 +62,8 @@ def _open(data: bytes, field: str, max_pixels: int) -> Image.Image:
     if width < 1 or height < 1:
         raise ApiError(400, f"{field} has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise ApiError(413, f"{field} is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+        raise ApiError(413, f"{field} is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
+                       code="resolution_too_high")
     return image
 
 

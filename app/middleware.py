@@ -21,14 +21,19 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("app.access")
 KNOWN_ROUTES = {"/", "/segment", "/health", "/ready", "/model", "/models", "/metrics", "/docs",
-                "/openapi.json", "/redoc", "/v1.0/removebg"}
+                "/openapi.json", "/redoc", "/v1.0/removebg", "/v1.0/account"}
 # remove.bg-compatible paths answer errors in remove.bg's envelope, and a refused key with its 403.
 REMOVEBG_PREFIX = "/v1.0/"
 
 
-def error_body(scope: Scope, message: str) -> dict[str, Any]:
-    if scope["path"].startswith(REMOVEBG_PREFIX):
-        return {"errors": [{"title": message}]}
+def is_removebg(scope: Scope) -> bool:
+    return scope["path"].startswith(REMOVEBG_PREFIX)
+
+
+def error_body(scope: Scope, message: str, code: str, title: str) -> dict[str, Any]:
+    """``{"detail": ...}``, or on remove.bg's paths its envelope with remove.bg's ``code`` and ``title``."""
+    if is_removebg(scope):
+        return {"errors": [{"title": title, "code": code, "detail": message}]}
     return {"detail": message}
 
 
@@ -97,11 +102,13 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        too_big = error_body(scope, f"request body is larger than the limit of {self.max_bytes} bytes")
+        too_big = error_body(scope, f"request body is larger than the limit of {self.max_bytes} bytes",
+                             "file_too_large", "File too large")
+        status = 400 if is_removebg(scope) else 413  # remove.bg: every problem with the request is a 400
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             metrics.REJECTED.labels("too_large").inc()
-            await send_json(send, 413, too_big)
+            await send_json(send, status, too_big)
             return
         # Buffer up to the limit, then replay: a chunked upload cannot sneak past the declared length.
         chunks: list[bytes] = []
@@ -113,7 +120,7 @@ class BodyLimitMiddleware:
             size += len(message.get("body", b""))
             if size > self.max_bytes:
                 metrics.REJECTED.labels("too_large").inc()
-                await send_json(send, 413, too_big)
+                await send_json(send, status, too_big)
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
@@ -152,8 +159,9 @@ class ApiKeyMiddleware:
             offered = bearer[7:].strip()
         if offered is None or not hmac.compare_digest(offered.encode(), self.api_key):
             metrics.REJECTED.labels("unauthorized").inc()
-            if scope["path"].startswith(REMOVEBG_PREFIX):
-                await send_json(send, 403, error_body(scope, "missing or wrong API key (send X-Api-Key)"))
+            if is_removebg(scope):
+                await send_json(send, 403, error_body(scope, "missing or wrong API key (send X-Api-Key)",
+                                                      "auth_failed", "Authentication failed"))
                 return
             await send_json(send, 401, {"detail": "missing or wrong API key (send X-API-Key)"},
                             {"WWW-Authenticate": "Bearer"})

@@ -11,7 +11,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["FullSizePrediction", "dice_score", "to_full_size"]
+from app.compose import Box
+from app.placement import keep_inside
+
+__all__ = ["FullSizePrediction", "dice_score", "restrict_to", "to_full_size"]
 
 
 @dataclass
@@ -36,6 +39,14 @@ def to_full_size(prob_small: np.ndarray, size: tuple[int, int], threshold: float
     # The mean is taken on the float map at the model's size: bilinear up-sampling preserves it (up to the
     # borders), and 8-bit quantisation would round away differences between similar photos.
     return FullSizePrediction(probability, mask, float(prob_small.mean(dtype=np.float64)),
+                              cv2.countNonZero(mask) / float(mask.size))
+
+
+def restrict_to(prediction: FullSizePrediction, box: Box) -> FullSizePrediction:
+    """The prediction with every pixel outside ``box`` background (probability 0); the mean probability is
+    taken on the restricted full-size map."""
+    probability, mask = keep_inside(prediction.probability, box), keep_inside(prediction.mask, box)
+    return FullSizePrediction(probability, mask, float(probability.mean(dtype=np.float64)) / 255.0,
                               cv2.countNonZero(mask) / float(mask.size))
 
 

@@ -9,15 +9,27 @@ The default request (``output=mask`` as a PNG) never comes here: the service kee
 from __future__ import annotations
 
 import io
+import zipfile
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 from PIL import Image
 
-from app.compose import Box, Colour, Margin, composite, crop_to_subject, parse_colour, parse_margin
+from app.compose import (
+    Box,
+    Colour,
+    Margin,
+    TranslucentColour,
+    composite,
+    crop_to_subject,
+    parse_colour,
+    parse_margin,
+    subject_box,
+)
 from app.errors import ApiError
 from app.imaging import encode_mask_png, encode_png
+from app.placement import Placement, RegionError, Roi, keep_inside, place_subject
 from app.postprocess import FullSizePrediction
 from models.imaging.overlay import tint
 from models.imaging.refine import guided_upsample
@@ -25,7 +37,7 @@ from models.imaging.refine import guided_upsample
 __all__ = ["ALPHA_CONTRAST", "JPEG_QUALITY", "OUTPUTS", "RenderRequest", "Rendered", "render", "render_request"]
 
 OUTPUTS: tuple[str, ...] = ("mask", "probability", "overlay", "cutout", "alpha")
-Encoding = Literal["png", "jpeg"]
+Encoding = Literal["png", "jpeg", "zip"]  # zip: remove.bg's color.jpg + alpha.png
 # The soft alpha is the guided-filter-refined probability steepened around 0.5 (models.imaging.refine, ``contrast``):
 # below 0.375 clear, above 0.625 opaque, graded in between, so that where the model is merely fairly sure
 # (0.9 on the pet, 0.1 on the background) the cutout is opaque or clear rather than faintly see-through.
@@ -38,13 +50,16 @@ _CUTOUTS = ("cutout", "alpha")
 class RenderRequest:
     output: str = "mask"
     soft: bool = False  # cutout: the refined soft alpha instead of the thresholded mask (alpha: always)
-    background: Colour | None = None  # cutout and alpha: a colour under the pet; None: transparent
+    # cutout and alpha: a colour under the pet (with an opacity: see-through, an RGBA answer); None: transparent
+    background: Colour | TranslucentColour | None = None
     background_image: bytes | None = None  # cutout and alpha: an image under the pet, scaled to cover
     crop: bool = False  # cut the answer to the pet's bounding box
     crop_margin: Margin = field(default_factory=Margin)
     encoding: Encoding = "png"
     # cutout and alpha: only the alpha channel, grey (remove.bg's channels=alpha); backgrounds do not apply
     matte: bool = False
+    roi: Roi | None = None  # only pixels inside can be the pet (remove.bg's roi); mask and alpha are 0 outside
+    placement: Placement | None = None  # cutout and alpha: the pet scaled and moved on the canvas
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -61,13 +76,24 @@ class RenderRequest:
         """Whether the full-size photo is painted on or guides the soft alpha (else the model's draft decode is
         enough: a hard-edged matte is the mask)."""
         if self.matte:
-            return self.soft_alpha
+            return self.soft_alpha or self.encoding == "zip" or self.placement is not None
         return self.output in ("overlay", *_CUTOUTS)
 
     @property
     def transparent(self) -> bool:
-        return (self.output in _CUTOUTS and not self.matte and self.background is None
-                and self.background_image is None)
+        see_through = self.background is not None and len(self.background) == 4 and self.background[3] < 255
+        return (self.output in _CUTOUTS and not self.matte and self.background_image is None
+                and (self.background is None or see_through))
+
+    def roi_box(self, width: int, height: int) -> Box | None:
+        """The region of interest in a ``width`` x ``height`` photo; a 400 with remove.bg's code when it does
+        not fit; None when there is none (or it is the whole photo)."""
+        if self.roi is None or self.roi.is_whole_image:
+            return None
+        try:
+            return self.roi.box(width, height)
+        except RegionError as exc:
+            raise ApiError(400, f"roi: {exc}", code=exc.code) from None
 
     @property
     def is_default(self) -> bool:
@@ -128,6 +154,23 @@ class Rendered:
     data: bytes
     media_type: str  # image/png or image/jpeg
     box: Box | None  # the crop, in the photo's pixels; None when not cropped
+    subject: Box | None = None  # with a placement: the pet's box in the answer's pixels (0x0: no pet)
+
+
+def _jpeg(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def _zip(colour: np.ndarray, alpha: np.ndarray) -> Rendered:
+    """remove.bg's ZIP answer: ``color.jpg`` (the colours, RGB) and ``alpha.png`` (the alpha matte, grey),
+    stored without compression (both are compressed already)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("color.jpg", _jpeg(np.ascontiguousarray(colour)))
+        archive.writestr("alpha.png", encode_png(np.ascontiguousarray(alpha)))
+    return Rendered(buffer.getvalue(), "application/zip", None)
 
 
 def _encode(array: np.ndarray, encoding: Encoding, is_mask: bool) -> Rendered:
@@ -153,13 +196,20 @@ def render(request: RenderRequest, prediction: FullSizePrediction, prob_small: n
     if request.soft_alpha:
         assert rgb is not None, "the soft alpha needs the full-size photo"
         alpha = guided_upsample(prob_small, rgb, contrast=ALPHA_CONTRAST, dtype=np.uint8)
+    region = request.roi_box(mask.shape[1], mask.shape[0])
+    if region is not None:  # the mask is restricted already (service._finish); the refined alpha is not
+        alpha = keep_inside(alpha, region)
+    if request.placement is not None and request.output in _CUTOUTS:
+        assert rgb is not None, "a cutout needs the full-size photo"
+        rgb, alpha = place_subject(rgb, alpha, request.placement)
     box = None
     if request.crop:
         _, box = crop_to_subject(alpha, alpha, request.crop_margin)
         if box is None:
             where = "anywhere in the soft alpha" if request.soft_alpha else f"at threshold {threshold:g}"
             raise ApiError(422, f"crop: no pet found in the image ({where}), so there is nothing to crop to; "
-                                f"{'leave' if request.soft_alpha else 'lower the threshold or leave'} crop out")
+                                f"{'leave' if request.soft_alpha else 'lower the threshold or leave'} crop out",
+                           code="unknown_foreground")
         rows, cols = box.slices()
         mask, probability, alpha = mask[rows, cols], probability[rows, cols], alpha[rows, cols]
         rgb = rgb[rows, cols] if rgb is not None else None
@@ -175,6 +225,14 @@ def render(request: RenderRequest, prediction: FullSizePrediction, prob_small: n
     else:
         assert rgb is not None, "a cutout needs the full-size photo"
         array = composite(rgb, alpha, background if background is not None else request.background)
+    # the half-opaque part: where the mask would be (the soft alpha crosses 128 where the probability crosses 0.5)
+    subject = (subject_box(alpha, level=127) or Box(0, 0, 0, 0)) if request.placement is not None else None
+    if request.encoding == "zip":
+        assert rgb is not None, "a ZIP answer holds the photo's colours"
+        opaque = array.ndim == 3 and array.shape[2] == 3  # over a colour or an image: nothing is see-through
+        colour = array[..., :3] if array.ndim == 3 else rgb
+        matte = np.full(alpha.shape, 255, np.uint8) if opaque else (array[..., 3] if array.ndim == 3 else alpha)
+        return replace(_zip(colour, matte), box=box, subject=subject)
     hard_edged = request.output == "mask" or (request.matte and not request.soft_alpha)
     rendered = _encode(np.ascontiguousarray(array), request.encoding, is_mask=hard_edged)
-    return Rendered(rendered.data, rendered.media_type, box)
+    return Rendered(rendered.data, rendered.media_type, box, subject)

@@ -15,7 +15,7 @@ from app.config import DEFAULT_MODEL_NAME, Settings
 from app.cores import defer_to_model_lanes, usable_cores
 from app.imaging import DecodedImage, decode_ground_truth, decode_image, encode_mask_png
 from app.model_set import ModelSet
-from app.postprocess import dice_score, to_full_size
+from app.postprocess import dice_score, restrict_to, to_full_size
 from app.rendering import OUTPUTS, RenderRequest
 from models.checkpoint import CheckpointError
 from models.engine.runtime import resolve_device
@@ -54,6 +54,8 @@ class SegmentResult:
     crop: Box | None = None  # where the rendering was cut from the photo, when cropped
     # when asked for (segment(foreground_box=True)): the mask's bounding box in the photo's pixels; 0x0 if empty
     foreground: Box | None = None
+    # with a placement (remove.bg's scale / position): the pet's box in the answer's pixels
+    subject: Box | None = None
 
 
 class SegmentationService:
@@ -153,6 +155,9 @@ class SegmentationService:
         self._mark_request_thread()
         prob_small = drop_small_blobs(prob_small, threshold, self.settings.min_blob_ratio)
         prediction = to_full_size(prob_small, (decoded.width, decoded.height), threshold)
+        region = options.roi_box(decoded.width, decoded.height)
+        if region is not None:  # nothing outside the region of interest is the pet
+            prediction = restrict_to(prediction, region)
         dice = dice_score(prediction.mask_bool, truth) if truth is not None else None
         mask_png = encode_mask_png(prediction.mask)
         if options.is_default:  # the plain mask: nothing more to draw
@@ -185,4 +190,4 @@ class SegmentationService:
             self._finish, prob_small, decoded, truth, threshold, options, background, foreground_box)
         return SegmentResult(decoded.width, decoded.height, threshold, mean_prob, fraction, dice, mask_png,
                              options.output, rendered.data, inference_ms, served.name, rendered.media_type,
-                             rendered.box, foreground)
+                             rendered.box, foreground, rendered.subject)

@@ -166,7 +166,8 @@ class UrlFetcher:
 
     async def _read_body(self, response: httpx.Response, url: httpx.URL) -> bytes:
         limit = self.policy.max_bytes
-        too_big = ApiError(413, f"image_url: the photo is larger than the limit of {limit} bytes")
+        too_big = ApiError(413, f"image_url: the photo is larger than the limit of {limit} bytes",
+                           code="file_too_large")
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise too_big

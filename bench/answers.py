@@ -32,8 +32,7 @@ ANSWERS: list[tuple[str, str, dict[str, str]]] = [
     ("segment alpha", "/segment?format=png", {"output": "alpha"}),
     ("removebg (soft RGBA)", "/v1.0/removebg", {"size": "full"}),
     ("removebg channels=alpha, soft", "/v1.0/removebg", {"size": "full", "channels": "alpha"}),
-    ("removebg channels=alpha, hard", "/v1.0/removebg",
-     {"size": "full", "channels": "alpha", "semitransparency": "false"}),
+    ("removebg format=zip", "/v1.0/removebg", {"size": "full", "format": "zip"}),
     ("removebg size=hd", "/v1.0/removebg", {"size": "hd"}),
     ("removebg size=preview", "/v1.0/removebg", {"size": "preview"}),
 ]

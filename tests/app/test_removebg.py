@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,14 +63,17 @@ def ok(response) -> Image.Image:  # noqa: ANN001
     return image
 
 
-def refused(response, status: int, *words: str) -> str:  # noqa: ANN001
+def refused(response, status: int, code: str, *words: str) -> str:  # noqa: ANN001
+    """remove.bg's envelope: one error with a title, ``code`` and a detail holding ``words``."""
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"errors"} and len(body["errors"]) == 1, body
-    title = body["errors"][0]["title"]
+    error = body["errors"][0]
+    assert set(error) == {"title", "code", "detail"} and error["title"], error
+    assert error["code"] == code, error
     for word in words:
-        assert word in title, title
-    return title
+        assert word in error["detail"], error["detail"]
+    return error["detail"]
 
 
 def header_box(response) -> tuple[int, int, int, int]:  # noqa: ANN001
@@ -97,11 +101,10 @@ def test_default_answer_is_an_rgba_cutout_with_remove_bg_headers(api: TestClient
     assert np.abs(rgb[45, 60] - photo[45, 60]).max() <= 2  # the pet's own pixels
 
 
-def test_default_alpha_has_soft_edges_and_semitransparency_false_is_hard(api: TestClient) -> None:
-    soft = np.asarray(ok(removebg(api)).getchannel("A"))
-    hard = np.asarray(ok(removebg(api, semitransparency="false")).getchannel("A"))
-    assert len(np.unique(soft)) > 2  # graded along the outline
-    assert set(np.unique(hard).tolist()) <= {0, 255}
+def test_the_alpha_has_soft_edges_and_semitransparency_concerns_car_windows_only(api: TestClient) -> None:
+    soft = removebg(api)
+    assert len(np.unique(np.asarray(ok(soft).getchannel("A")))) > 2  # graded along the outline
+    assert removebg(api, semitransparency="false").content == soft.content  # remove.bg: car windows only
 
 
 def test_the_photo_as_base64_or_json_gives_the_same_answer(api: TestClient) -> None:
@@ -209,92 +212,209 @@ def test_channels_alpha_is_the_grey_matte_of_the_cutout(api: TestClient) -> None
     assert ok(as_jpeg).mode == "L" and as_jpeg.headers["content-type"] == "image/jpeg"
 
 
-def test_hard_edged_matte_is_the_cutouts_alpha_and_a_mask(api: TestClient) -> None:
-    cutout = ok(removebg(api, semitransparency="false"))
-    matte = ok(removebg(api, channels="alpha", semitransparency="false", crop="true"))
-    box = header_box(removebg(api, semitransparency="false"))
-    alpha = np.asarray(cutout.getchannel("A"))
-    assert matte.mode == "L" and set(np.unique(np.asarray(matte)).tolist()) <= {0, 255}
-    assert matte.size == (box[2], box[3])  # cropped to the pet, as the cutout would be
-    np.testing.assert_array_equal(np.asarray(matte), alpha[box[1]:box[1] + box[3], box[0]:box[0] + box[2]])
-
-
-def test_defaults_of_unsupported_fields_are_accepted(api: TestClient) -> None:
+def test_defaults_and_values_harmless_to_pets_are_accepted(api: TestClient) -> None:
+    plain = removebg(api).content
     response = removebg(api, roi="0% 0% 100% 100%", scale="original", position="original", add_shadow="false",
                         type="product", type_level="latest", semitransparency="true", size="auto")
-    assert response.content == removebg(api).content
+    assert response.content == plain
+    for form in ({"add_shadow": "true"}, {"shadow_type": "drop", "shadow_opacity": "50"},
+                 {"shadow_method": "latest"}, {"crop_margin": "10%"},  # no crop: remove.bg ignores the margin
+                 {"roi": "0px 0px 120px 90px"}):
+        assert removebg(api, **form).content == plain, form
+
+
+def test_type_level_none_leaves_out_x_type(api: TestClient) -> None:
+    assert "x-type" not in removebg(api, type_level="none").headers
+    assert removebg(api, type_level="2").headers["x-type"] == "animal"
+
+
+def test_the_default_size_follows_the_setting(tiny_checkpoint: Path) -> None:
+    big = jpeg_bytes(blob_image(800, 600, seed=1)[0])
+    with app_client(tiny_checkpoint, removebg_default_size="preview") as client:
+        swap_forward(client, pet_forward)
+        assert ok(client.post(PATH, files=upload(big))).size == (577, 433)  # remove.bg's own default
+        assert ok(client.post(PATH, files=upload(big), data={"size": "full"})).size == (800, 600)
+
+
+# --- roi, scale, position, see-through colours, zip --------------------------------------------------------
+
+def test_roi_keeps_the_pet_inside_the_region_only(api: TestClient) -> None:
+    whole = np.asarray(ok(removebg(api)).getchannel("A"))
+    response = removebg(api, roi="0% 0% 50% 100%")  # the left half: the pet's left half stays
+    alpha = np.asarray(ok(response).getchannel("A"))
+    assert alpha.shape == whole.shape and not alpha[:, 60:].any()
+    np.testing.assert_array_equal(alpha[:, :60], whole[:, :60])
+    left, _, width, _ = header_box(response)
+    assert left + width <= 60 and abs(left - 30) <= 2
+    in_pixels = np.asarray(ok(removebg(api, roi="0px 0px 60px 90px")).getchannel("A"))
+    np.testing.assert_array_equal(in_pixels, alpha)
+
+
+def test_a_roi_without_the_pet_is_unknown_foreground(api: TestClient) -> None:
+    refused(removebg(api, roi="0% 0% 20% 20%"), 400, "unknown_foreground", "no pet found", "inside roi")
+
+
+@pytest.mark.parametrize(("roi", "code"), [("0% 0% 120% 100%", "roi_exceeds_bounds"),
+                                           ("0px 0px 121px 90px", "roi_exceeds_bounds"),
+                                           ("50% 0% 50% 100%", "roi_region_empty"),
+                                           ("0% 0% 100%", "invalid_roi"), ("a b c d", "invalid_roi")])
+def test_a_roi_that_does_not_fit_is_refused_with_remove_bgs_code(api: TestClient, roi: str, code: str) -> None:
+    refused(removebg(api, roi=roi), 400, code, "roi")
+
+
+def test_scale_and_position_place_the_pet_on_the_canvas(api: TestClient) -> None:
+    # scale 100%: the pet's 60x45 box fitted to the 120x90 canvas, centred
+    big = removebg(api, scale="100%")
+    alpha = np.asarray(ok(big).getchannel("A"))
+    rows, cols = np.nonzero(alpha)  # every visible pixel of the pet, its soft fringe too, fills one axis
+    assert (rows.min(), rows.max()) == (0, 89) or (cols.min(), cols.max()) == (0, 119)
+    assert abs((cols.min() + cols.max()) / 2 - 59.5) <= 1 and abs((rows.min() + rows.max()) / 2 - 44.5) <= 1
+    left, top, width, height = header_box(big)
+    assert width >= 100 and height >= 75
+    # scale 50% at the top left corner
+    corner = np.asarray(ok(removebg(api, scale="50%", position="0%")).getchannel("A"))
+    rows, cols = np.nonzero(corner)
+    assert (rows.min(), cols.min()) == (0, 0) and (cols.max() + 1 <= 60 and rows.max() + 1 <= 45)
+    assert cols.max() + 1 == 60 or rows.max() + 1 == 45  # half the canvas on the axis that binds
+    # position alone moves the pet without resizing it: to the bottom right
+    moved = removebg(api, position="100% 100%")
+    plain = header_box(removebg(api))
+    left, top, width, height = header_box(moved)
+    assert abs(width - plain[2]) <= 2 and abs(height - plain[3]) <= 2  # the half-opaque box: the mask's
+    assert 117 <= left + width <= 120 and 87 <= top + height <= 90
+    alpha = np.asarray(ok(moved).getchannel("A"))
+    assert alpha[-1].any() and alpha[:, -1].any() and not alpha[:30, :50].any()
+
+
+@pytest.mark.parametrize(("form", "code"), [({"scale": "5%"}, "invalid_scale"), ({"scale": "big"}, "invalid_scale"),
+                                            ({"position": "left"}, "invalid_position"),
+                                            ({"position": "10% 20% 30%"}, "invalid_position")])
+def test_bad_scale_or_position_is_refused(api: TestClient, form: dict, code: str) -> None:
+    refused(removebg(api, **form), 400, code)
+
+
+def test_a_see_through_bg_color_gives_an_rgba_answer(api: TestClient) -> None:
+    response = removebg(api, bg_color="81d4fa80")
+    image = ok(response)
+    assert image.mode == "RGBA" and response.headers["content-type"] == "image/png"
+    corner, pet = np.asarray(image)[3, 3], np.asarray(image)[45, 60]
+    assert tuple(corner) == (0x81, 0xD4, 0xFA, 0x80) and pet[3] == 255
+    assert tuple(np.asarray(ok(removebg(api, bg_color="#f0f8")))[3, 3]) == (255, 0, 255, 0x88)
+    refused(removebg(api, bg_color="81d4fa80", format="jpg"), 400, "invalid_format", "see-through")
+
+
+def test_format_zip_holds_remove_bgs_color_jpg_and_alpha_png(api: TestClient) -> None:
+    import zipfile
+
+    cutout = ok(removebg(api, format="png"))
+    response = removebg(api, format="zip")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        assert sorted(archive.namelist()) == ["alpha.png", "color.jpg"]
+        colour = Image.open(io.BytesIO(archive.read("color.jpg")))
+        alpha = Image.open(io.BytesIO(archive.read("alpha.png")))
+        assert colour.format == "JPEG" and colour.mode == "RGB" and alpha.mode == "L"
+        assert colour.size == alpha.size == (120, 90)
+        np.testing.assert_array_equal(np.asarray(alpha), np.asarray(cutout.getchannel("A")))
+        pet = np.asarray(colour).astype(int)[45, 60]
+        assert np.abs(pet - np.asarray(cutout).astype(int)[45, 60, :3]).max() <= 6  # JPEG
+    with zipfile.ZipFile(io.BytesIO(removebg(api, format="zip", crop="true").content)) as archive:
+        assert Image.open(io.BytesIO(archive.read("alpha.png"))).size == ok(removebg(api, crop="true")).size
 
 
 # --- refusals in remove.bg's envelope -----------------------------------------------------------------------
 
-@pytest.mark.parametrize(("form", "words"), [
-    ({"scale": "50%"}, ["scale", "not supported"]),
-    ({"position": "center"}, ["position", "not supported"]),
-    ({"roi": "10% 10% 90% 90%"}, ["roi", "not supported"]),
-    ({"add_shadow": "true"}, ["add_shadow", "not supported"]),
-    ({"shadow_type": "car"}, ["shadow_type", "not supported"]),
-    ({"format": "zip"}, ["format", "zip is not supported"]),
-    ({"format": "webp"}, ["format", "webp"]),
-    ({"format": "gif"}, ["format", "'gif'"]),
-    ({"size": "huge"}, ["size", "'huge'"]),
-    ({"type": "plant"}, ["type", "'plant'"]),
-    ({"channels": "rgb"}, ["channels"]),
-    ({"crop": "maybe"}, ["crop", "true or false"]),
-    ({"crop_margin": "10%"}, ["crop_margin", "crop=true"]),
-    ({"crop": "true", "crop_margin": "ten"}, ["crop_margin"]),
-    ({"bg_color": "notacolour"}, ["bg_color", "not a colour"]),
-    ({"bg_color": "81d4fa77"}, ["bg_color", "semi-transparent"]),
-    ({"model": "nope"}, ["unknown model 'nope'", "default"]),
+@pytest.mark.parametrize(("form", "code", "words"), [
+    ({"format": "webp"}, "invalid_format", ["format", "webp"]),
+    ({"format": "gif"}, "invalid_format", ["format", "'gif'"]),
+    ({"size": "huge"}, "invalid_size", ["size", "'huge'"]),
+    ({"type": "plant"}, "invalid_type", ["type", "'plant'"]),
+    ({"type_level": "3"}, "invalid_type_level", ["type_level"]),
+    ({"channels": "rgb"}, "invalid_channels", ["channels"]),
+    ({"crop": "maybe"}, "invalid_crop", ["crop", "true or false"]),
+    ({"semitransparency": "maybe"}, "invalid_semitransparency", ["semitransparency"]),
+    ({"add_shadow": "maybe"}, "invalid_add_shadow", ["add_shadow"]),
+    ({"shadow_opacity": "150"}, "invalid_shadow_opacity", ["shadow_opacity"]),
+    ({"crop": "true", "crop_margin": "ten"}, "invalid_crop_margin", ["crop_margin"]),
+    ({"crop": "true", "crop_margin": "60%"}, "invalid_crop_margin", ["50%", "500px"]),
+    ({"crop": "true", "crop_margin": "10px 501px"}, "invalid_crop_margin", ["500px"]),
+    ({"bg_color": "notacolour"}, "invalid_bg_color", ["bg_color", "not a colour"]),
+    ({"model": "nope"}, "invalid_parameters", ["unknown model 'nope'", "default"]),
 ])
-def test_unsupported_or_bad_fields_are_400s_naming_the_field(api: TestClient, form: dict,
-                                                             words: list) -> None:
-    refused(removebg(api, **form), 400, *words)
+def test_bad_fields_are_400s_with_remove_bgs_code(api: TestClient, form: dict, code: str, words: list) -> None:
+    refused(removebg(api, **form), 400, code, *words)
 
 
-@pytest.mark.parametrize(("files", "form", "words"), [
-    ({}, {"size": "auto"}, ["no image given"]),
-    (None, {"image_file_b64": base64.b64encode(PHOTO).decode()}, ["one image source", "image_file_b64"]),
-    ({}, {"image_file_b64": "not base64!"}, ["image_file_b64", "base64"]),
-    ({"image_file": ("x.jpg", b"not an image", "image/jpeg")}, {}, ["not an image format"]),
-    ({"image_file": ("x.jpg", PHOTO[:200], "image/jpeg")}, {}, ["image", "ead"]),  # "cannot be read"...
+@pytest.mark.parametrize(("files", "form", "code", "words"), [
+    ({}, {"size": "auto"}, "missing_source", ["no image given"]),
+    (None, {"image_file_b64": base64.b64encode(PHOTO).decode()}, "multiple_sources",
+     ["one image source", "image_file_b64"]),
+    ({}, {"image_file_b64": "not base64!"}, "failed_to_read_image", ["image_file_b64", "base64"]),
+    ({"image_file": ("x.jpg", b"not an image", "image/jpeg")}, {}, "invalid_file_type", ["not an image format"]),
+    ({"image_file": ("x.jpg", PHOTO[:200], "image/jpeg")}, {}, "failed_to_read_image", ["image"]),
+    ({**upload(), "bg_image_file": ("b.png", png_bytes(np.zeros((4, 4, 3), np.uint8)), "image/png")},
+     {"bg_color": "red"}, "multiple_bg_sources", ["bg_color"]),
 ])
-def test_bad_image_sources_are_400s(api: TestClient, files: dict | None, form: dict, words: list) -> None:
-    refused(removebg(api, files, **form), 400, *words)
+def test_bad_image_sources_are_400s(api: TestClient, files: dict | None, form: dict, code: str,
+                                    words: list) -> None:
+    refused(removebg(api, files, **form), 400, code, *words)
 
 
 @pytest.mark.parametrize(("payload", "words"), [
-    ({"image_file_b64": base64.b64encode(PHOTO).decode(), "colour": "red"}, ["colour", "not a parameter"]),
     ({"image_file": "abc"}, ["multipart"]),
     (["image_file_b64"], ["JSON body must be an object"]),
 ])
 def test_bad_json_bodies_are_400s(api: TestClient, payload: object, words: list) -> None:
-    refused(api.post(PATH, json=payload), 400, *words)
+    refused(api.post(PATH, json=payload), 400, "invalid_json", *words)
+
+
+def test_unknown_fields_are_ignored_in_json_as_in_a_form(api: TestClient) -> None:
+    b64 = base64.b64encode(PHOTO).decode()
+    expected = api.post(PATH, json={"image_file_b64": b64}).content
+    assert api.post(PATH, json={"image_file_b64": b64, "colour": "red"}).content == expected
+    assert api.post(PATH, data={"image_file_b64": b64, "colour": "red"}).content == expected
 
 
 def test_body_that_does_not_parse_as_json_is_a_400(api: TestClient) -> None:
     response = api.post(PATH, content=b"{not json", headers={"Content-Type": "application/json"})
-    refused(response, 400, "does not parse")
+    refused(response, 400, "invalid_json", "does not parse")
 
 
-def test_crop_without_a_pet_is_a_400(api: TestClient) -> None:
+def test_a_photo_without_a_pet_is_unknown_foreground(api: TestClient) -> None:
     swap_forward(api, no_pet_forward)
     try:
-        refused(removebg(api, crop="true"), 400, "no pet found")
-        response = removebg(api)  # without crop: an empty cutout, and an empty foreground box
-        assert ok(response).getchannel("A").getextrema() == (0, 0)
-        assert header_box(response) == (0, 0, 0, 0)
+        for form in ({}, {"crop": "true"}, {"format": "zip"}, {"channels": "alpha"}):
+            refused(removebg(api, **form), 400, "unknown_foreground", "no pet found")
     finally:
         swap_forward(api, pet_forward)
 
 
-def test_body_over_the_limit_is_413_in_the_envelope(api: TestClient) -> None:
-    refused(api.post(PATH, files=upload(b"\xff" * 2_100_000)), 413, "larger than the limit")
+def test_body_over_the_limit_is_file_too_large(api: TestClient) -> None:
+    refused(api.post(PATH, files=upload(b"\xff" * 2_100_000)), 400, "file_too_large", "larger than the limit")
+
+
+def test_a_photo_over_the_pixel_limit_is_resolution_too_high(tiny_checkpoint: Path) -> None:
+    """Above the medium cap (1.5 MP) and the pixel limit: remove.bg's code, not /segment's 413."""
+    photo = jpeg_bytes(np.full((1200, 1600, 3), 90, np.uint8))  # 1.92 MP
+    with app_client(tiny_checkpoint, max_pixels=1_600_000) as client:
+        refused(client.post(PATH, files=upload(photo), data={"size": "medium"}), 400, "resolution_too_high",
+                "1600x1200")
+        assert client.post("/segment", files={"image": ("p.jpg", photo, "image/jpeg")}).status_code == 413
+
+
+def test_a_medium_or_hd_size_shrinks_a_photo_over_its_cap(api: TestClient) -> None:
+    photo = jpeg_bytes(blob_image(2000, 1500, seed=2)[0])  # 3 MP: over medium's 1.5, under hd's 4
+    medium = removebg(api, upload(photo), size="medium")
+    width, height = ok(medium).size
+    assert width * height <= 1_500_000 and abs(width / height - 4 / 3) < 0.01 and width >= 1410
+    assert ok(removebg(api, upload(photo), size="hd")).size == (2000, 1500)
 
 
 def test_image_url_is_off_by_default(api: TestClient) -> None:
-    refused(api.post(PATH, data={"image_url": "http://127.0.0.1:9/cat.jpg"}), 403, "PETSEG_ALLOW_URLS")
-    refused(api.post(PATH, files=upload(), data={"bg_image_url": "http://127.0.0.1:9/b.jpg"}), 403,
-            "PETSEG_ALLOW_URLS")
+    refused(api.post(PATH, data={"image_url": "http://127.0.0.1:9/cat.jpg"}), 400, "failed_image_download",
+            "image_url", "PETSEG_ALLOW_URLS")
+    refused(api.post(PATH, files=upload(), data={"bg_image_url": "http://127.0.0.1:9/b.jpg"}), 400,
+            "failed_bg_download", "bg_image_url", "PETSEG_ALLOW_URLS")
 
 
 def test_image_url_and_bg_image_url_fetch_through_the_checked_fetcher(tiny_checkpoint: Path) -> None:
@@ -307,8 +427,10 @@ def test_image_url_and_bg_image_url_fetch_through_the_checked_fetcher(tiny_check
             assert ok(by_url).size == (80, 60)  # test_image_url's photo
             backdrop = client.post(PATH, files=upload(), data={"bg_image_url": server.base + "/cat.jpg"})
             assert ok(backdrop).mode == "RGB" and backdrop.headers["content-type"] == "image/jpeg"
-            refused(client.post(PATH, data={"image_url": server.base.replace("127.0.0.1", "localhost")}), 403,
-                    "loopback")
+            refused(client.post(PATH, data={"image_url": server.base.replace("127.0.0.1", "localhost")}), 400,
+                    "failed_image_download", "loopback")
+            refused(client.post(PATH, files=upload(), data={"bg_image_url": server.base + "/missing.jpg"}), 400,
+                    "failed_bg_download", "bg_image_url")
         assert transport.hosts and all(host == "127.0.0.1" for host in transport.hosts)
     finally:
         server.close()
@@ -316,8 +438,10 @@ def test_image_url_and_bg_image_url_fetch_through_the_checked_fetcher(tiny_check
 
 def test_api_key_is_x_api_key_and_a_refusal_is_403_in_the_envelope(tiny_checkpoint: Path) -> None:
     with app_client(tiny_checkpoint, api_key="s3cret") as keyed:
-        refused(keyed.post(PATH, files=upload()), 403, "API key")
-        refused(keyed.post(PATH, files=upload(), headers={"X-Api-Key": "wrong"}), 403, "API key")
+        refused(keyed.post(PATH, files=upload()), 403, "auth_failed", "API key")
+        refused(keyed.post(PATH, files=upload(), headers={"X-Api-Key": "wrong"}), 403, "auth_failed", "API key")
+        refused(keyed.get("/v1.0/account"), 403, "auth_failed")
+        assert keyed.get("/v1.0/account", headers={"X-Api-Key": "s3cret"}).status_code == 200
         assert keyed.post(PATH, files=upload(), headers={"X-Api-Key": "s3cret"}).status_code == 200
         other = keyed.post("/segment", files={"image": ("p.jpg", PHOTO, "image/jpeg")})
         assert other.status_code == 401 and "detail" in other.json()  # the rest of the API is unchanged
@@ -332,3 +456,34 @@ def test_openapi_documents_every_field(api: TestClient) -> None:
             "bg_image_file", "crop", "crop_margin", "channels"} <= set(body["properties"])
     assert all(prop.get("description") for prop in body["properties"].values())
     assert any(p["name"] == "X-Api-Key" for p in operation["parameters"])
+
+
+# --- the account, the rate limit, paths that do not exist ---------------------------------------------------
+
+def test_account_answers_remove_bgs_shape_from_the_setting(tiny_checkpoint: Path) -> None:
+    with app_client(tiny_checkpoint, removebg_credits=250) as client:
+        body = client.get("/v1.0/account").json()
+    attributes = body["data"]["attributes"]
+    assert attributes["credits"] == {"total": 250.0, "subscription": 250.0, "payg": 0.0, "enterprise": 0.0}
+    assert attributes["api"] == {"free_calls": 250, "sizes": "all"}
+
+
+def test_an_unknown_path_under_v1_is_a_404_in_the_envelope(api: TestClient) -> None:
+    response = api.get("/v1.0/improve")
+    assert response.status_code == 404 and response.json()["errors"][0]["code"] == "not_found"
+    assert api.get("/nope").json() == {"detail": "Not Found"}  # the rest of the API keeps FastAPI's shape
+
+
+def test_a_full_queue_is_remove_bgs_rate_limit(api: TestClient) -> None:
+    from app.errors import ApiError
+    from app.routes.removebg import removebg_error
+
+    before = int(time.time())
+    status, body, headers = removebg_error(
+        ApiError(503, "the service is at capacity", {"Retry-After": "3"}, reason="queue_full"), max_queue=64)
+    assert status == 429 and body["errors"][0]["code"] == "rate_limit_exceeded"
+    assert headers["Retry-After"] == "3" and headers["X-RateLimit-Limit"] == "64"
+    assert headers["X-RateLimit-Remaining"] == "0"
+    assert before + 3 <= int(headers["X-RateLimit-Reset"]) <= int(time.time()) + 3
+    status, body, _ = removebg_error(ApiError(503, "the model did not answer", reason="timeout"), max_queue=64)
+    assert status == 503 and body["errors"][0]["code"] == "service_unavailable"
