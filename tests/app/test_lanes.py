@@ -48,13 +48,25 @@ def test_one_lane_always_gets_every_core() -> None:
         assert threads == 3
 
 
+class WatchedCondition(threading.Condition):
+    """A condition that says when a thread has started waiting on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()  # under the lock: the waiter blocks right after, before anyone can notify it
+        return super().wait(timeout)
+
+
 def test_a_pass_alone_holds_the_others_back_and_they_then_share() -> None:
+    """Deterministic: the other lane is seen blocked on the share's condition, not given time to start."""
     share = CoreShare(cores=2, lanes=2)
+    share._cond = WatchedCondition()
     got: list[int] = []
-    entered = threading.Event()
 
     def other_lane() -> None:
-        entered.set()
         with share.claim(1, more_waiting=False) as threads:
             got.append(threads)
 
@@ -62,8 +74,7 @@ def test_a_pass_alone_holds_the_others_back_and_they_then_share() -> None:
         assert threads == 2
         waiter = threading.Thread(target=other_lane)
         waiter.start()
-        assert entered.wait(WAIT_S)
-        time.sleep(0.2)
+        assert share._cond.waiting.wait(WAIT_S), "the other lane never waited for its turn"
         assert got == [], "a pass started beside one that had all the cores"
     waiter.join(WAIT_S)
     assert got == [1]
