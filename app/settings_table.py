@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import types
@@ -16,6 +15,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic.fields import FieldInfo
 
 from app.config import DEFAULT_CHECKPOINT, ENV_PREFIX, Settings
+from app.doc_pages import write_or_check
 
 __all__ = ["OTHER_VARIABLES", "render_page", "variable_names"]
 
@@ -111,19 +111,7 @@ def variable_names() -> set[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.settings_table", description=__doc__.splitlines()[0])
-    action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--write", type=Path, metavar="PAGE", help="write the page")
-    action.add_argument("--check", type=Path, metavar="PAGE", help="exit 1 when PAGE differs from the settings")
-    args = parser.parse_args(argv)
-    page = render_page()
-    if args.write:
-        args.write.write_text(page)
-        return 0
-    if not args.check.is_file() or args.check.read_text() != page:
-        print(f"{args.check} is out of date: run python -m app.settings_table --write {args.check}", file=sys.stderr)
-        return 1
-    return 0
+    return write_or_check(render_page, argv, prog="python -m app.settings_table", description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -82,6 +82,15 @@ def test_every_petseg_variable_of_the_code_image_and_manifests_is_documented() -
     assert not undocumented, undocumented
 
 
+def test_the_api_reference_is_generated_from_the_services_schema() -> None:
+    from app.api_reference import render_page as render_api_reference
+
+    page = (ROOT / "docs" / "api-reference.md").read_text()
+    assert page == render_api_reference(), "run: python -m app.api_reference --write docs/api-reference.md"
+    for endpoint in ("`POST /segment`", "`POST /v1.0/removebg`", "`GET /v1.0/account`", "`GET /ready`"):
+        assert f"## {endpoint}" in page, endpoint
+
+
 def test_the_settings_check_fails_on_a_page_out_of_date(tmp_path: Path) -> None:
     stale = tmp_path / "settings.md"
     stale.write_text(render_page().replace("PETSEG_LOG_LEVEL", "PETSEG_LOGLEVEL"))
@@ -90,7 +99,7 @@ def test_the_settings_check_fails_on_a_page_out_of_date(tmp_path: Path) -> None:
     assert run(sys.executable, "-m", "app.settings_table", "--check", ROOT / "docs" / "settings.md").returncode == 0
 
 
-@pytest.mark.parametrize("page", ["getting-started.md", "api.md", "cutouts.md", "runtimes.md", "operating.md",
+@pytest.mark.parametrize("page", ["getting-started.md", "api.md", "api-reference.md", "testing.md", "cutouts.md", "runtimes.md", "operating.md",
                                   "deployment.md", "training.md", "benchmarks.md", "model-card.md", "layout.md"])
 def test_every_page_the_readme_promises_exists_and_is_in_the_navigation(page: str) -> None:
     assert (ROOT / "docs" / page).is_file()

@@ -132,6 +132,8 @@ def _text_field(description: str, example: str | None = None) -> Any:
 @router.post(
     REMOVEBG_PATH,
     responses={200: IMAGE_ANSWER, 400: ERROR, 503: ERROR,
+               422: {"description": "never on this route: as at remove.bg, a field that does not validate is a "
+                                    "400 with its code"},
                403: {"description": "wrong or missing X-Api-Key (code auth_failed)"},
                429: {"description": "the queue is full (code rate_limit_exceeded): `Retry-After`, "
                                     "`X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`"}},

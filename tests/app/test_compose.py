@@ -175,3 +175,38 @@ def test_composite_over_an_image_covers_it_first() -> None:
     np.testing.assert_array_equal(out[15, 25], PHOTO[15, 25])
     with pytest.raises(ValueError, match="differ in size"):
         composite(PHOTO, np.zeros((4, 4), np.uint8), None)
+
+
+# --- edges the mutation run found unpinned ----------------------------------------------------------------------
+
+def test_a_subject_one_pixel_high_or_wide_is_still_a_subject() -> None:
+    row = np.zeros((40, 60), np.uint8)
+    row[7, 10:30] = 255
+    assert subject_box(row) == Box(10, 7, 20, 1)
+    assert subject_box(row.T.copy()) == Box(7, 10, 1, 20)
+
+
+def test_crop_to_subject_passes_its_level_on() -> None:
+    alpha = np.zeros((40, 60), np.uint8)
+    alpha[5:30, 5:50] = 100  # a faint haze
+    alpha[10:20, 20:30] = 255  # the subject
+    _, box = crop_to_subject(PHOTO, alpha, level=150)
+    assert box == Box(20, 10, 10, 10)
+
+
+def test_cover_crops_the_long_side_around_the_centre_when_the_height_binds() -> None:
+    tall = np.repeat(np.arange(40, dtype=np.uint8)[:, None, None], 3, axis=2).repeat(10, axis=1)  # 40x10, rows 0..39
+    out = cover(tall, (10, 10))
+    assert out.shape == (10, 10, 3)
+    np.testing.assert_array_equal(out[:, 0, 0], np.arange(15, 25))  # rows 15..24: the middle
+
+
+def test_cover_averages_when_it_shrinks() -> None:
+    checker = (np.indices((40, 40)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    out = cover(np.repeat(checker[..., None], 3, axis=2), (20, 20))
+    assert np.abs(out.astype(int) - 128).max() <= 1  # area averaging: grey, not a sampled checkerboard
+
+
+def test_margins_at_the_caps_are_accepted() -> None:
+    assert parse_margin("100%").top == Length(100.0, True)
+    assert parse_margin("10000px").left == Length(10000.0)
