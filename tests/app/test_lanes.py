@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +18,7 @@ from tests.app.helpers import app_client, mask_array
 from tests.factories import blob_image, jpeg_bytes
 
 WAIT_S = 30.0
+PAIR_WAIT_S = 2.0  # how long an unpaired pass waits for a partner: a bound on the test's length, not a condition
 
 
 # --- CoreShare ------------------------------------------------------------------------------------------------
@@ -83,21 +83,37 @@ def test_a_pass_alone_holds_the_others_back_and_they_then_share() -> None:
 # --- BatchRunner with lanes -----------------------------------------------------------------------------------
 
 class Recorder:
-    """A forward pass that records where it ran, with how many threads, and when; ``hold`` keeps it running."""
+    """A forward pass that records where it ran, with how many threads, and in what order it started and ended
+    (a counter, not a clock); ``hold`` keeps it running. With ``pair`` set, a pass on a share of the cores waits
+    for a second one to start beside it, so "side by side" is made to happen rather than left to timing."""
 
     def __init__(self) -> None:
-        self.passes: list[tuple[str, int, float, float]] = []
+        self.passes: list[tuple[str, int, int, int]] = []
         self.hold = threading.Event()
         self.hold.set()
         self.lock = threading.Lock()
+        self.ticks = 0
+        self.entered = 0
+        self.pair: threading.Barrier | None = None
+
+    def _tick(self) -> int:
+        with self.lock:
+            self.ticks += 1
+            return self.ticks
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        started = time.monotonic()
-        self.hold.wait(WAIT_S)
-        time.sleep(0.05)
+        started = self._tick()
         with self.lock:
-            self.passes.append((threading.current_thread().name, torch.get_num_threads(), started,
-                                time.monotonic()))
+            self.entered += 1
+        self.hold.wait(WAIT_S)
+        if self.pair is not None and torch.get_num_threads() == 1:
+            try:
+                self.pair.wait(PAIR_WAIT_S)  # the last, unpaired pass goes on alone when the wait runs out
+            except threading.BrokenBarrierError:
+                self.pair = None
+        ended = self._tick()
+        with self.lock:
+            self.passes.append((threading.current_thread().name, torch.get_num_threads(), started, ended))
         return batch.float().mean(dim=1)
 
 
@@ -130,6 +146,7 @@ def test_requests_one_after_another_run_alone_on_lane_0_with_every_core(recorded
 
 def test_concurrent_requests_run_side_by_side_on_a_core_each(recorded_runner) -> None:  # noqa: ANN001
     runner, recorder = recorded_runner
+    recorder.pair = threading.Barrier(2)
     submit_all(runner, 8, concurrently=True)
     assert len(recorder.passes) == 8
     lanes = {name for name, _, _, _ in recorder.passes}
@@ -162,7 +179,11 @@ def test_close_finishes_what_is_queued_on_every_lane() -> None:
     async def main() -> list[np.ndarray]:
         tasks = [asyncio.ensure_future(runner.submit(torch.zeros(3, 4, 4, dtype=torch.uint8), WAIT_S))
                  for _ in range(5)]
-        await asyncio.sleep(0.1)
+        for _ in range(3000):  # until all five are queued or held in a pass: a bounded wait on a state
+            if runner.depth + recorder.entered == 5:
+                break
+            await asyncio.sleep(0.01)
+        assert runner.depth + recorder.entered == 5
         closing = asyncio.get_running_loop().run_in_executor(None, runner.close)
         recorder.hold.set()
         await closing
