@@ -11,7 +11,6 @@ import gzip
 import ipaddress
 import socket
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,6 +38,7 @@ class PhotoServer:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str]] = []  # (path, Host header)
+        self.release = threading.Event()  # a slow answer waits for it: until the test ends, not for a time
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -65,6 +65,7 @@ class PhotoServer:
         self.thread.start()
 
     def close(self) -> None:
+        self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -117,7 +118,7 @@ class PhotoServer:
                    Content_Encoding="gzip")
 
     def route_slow(self, handler: BaseHTTPRequestHandler, parts) -> None:  # noqa: ANN001
-        time.sleep(2.0)  # longer than the read timeout of these tests
+        self.release.wait(60)  # answers only once the test is over: the service's read timeout must end it
         self._send(handler, 200, PHOTO, Content_Type="image/jpeg")
 
 

@@ -266,6 +266,18 @@ class CountingClient:
         return self.client.post(url, **kwargs)
 
 
+class CountingStop(threading.Event):
+    """watch_folder's stop event, counting its looks at the folder (one wait between two looks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looks = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.looks += 1
+        return super().wait(timeout)
+
+
 def wait_for(condition, timeout: float = 60.0) -> None:  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while not condition():
@@ -285,7 +297,7 @@ def test_watch_segments_photos_as_they_arrive_and_skips_those_done(client: TestC
         (out / name).write_bytes(b"already here")
     (inbox / "notes.txt").write_text("not a photo: never sent")
     counting = CountingClient(client)
-    stop, lines = threading.Event(), []
+    stop, lines = CountingStop(), []
     worker = threading.Thread(target=lambda: lines.append(watch_folder(
         counting, inbox, out=out, rendering=Rendering(cutout=True, soft=True), interval=0.1, stop=stop,
         report=lines.append)), daemon=True)
@@ -302,7 +314,8 @@ def test_watch_segments_photos_as_they_arrive_and_skips_those_done(client: TestC
         bogus = inbox / "broken.jpg"
         bogus.write_text("this is not a JPEG")
         wait_for(lambda: (out / "later_cutout.png").exists() and any("broken.jpg" in str(x) for x in lines))
-        time.sleep(0.5)  # several more looks: nothing is sent again
+        looked = stop.looks
+        wait_for(lambda: stop.looks >= looked + 5)  # five more looks at the folder: nothing is sent again
     finally:
         stop.set()
         worker.join(timeout=30)
