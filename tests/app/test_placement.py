@@ -29,11 +29,14 @@ def test_a_roi_in_percent_or_pixels_resolves_to_the_same_box() -> None:
 @pytest.mark.parametrize(("text", "code"), [("0% 0% 101% 100%", "roi_exceeds_bounds"),
                                             ("0px 0px 60px 41px", "roi_exceeds_bounds"),
                                             ("30px 0px 30px 40px", "roi_region_empty"),
+                                            ("0px 20px 60px 20px", "roi_region_empty"),
                                             ("50% 0% 10% 100%", "roi_region_empty")])
 def test_a_roi_that_does_not_fit_says_why_in_remove_bgs_words(text: str, code: str) -> None:
     with pytest.raises(RegionError) as error:
         parse_roi(text).box(60, 40)
     assert error.value.code == code
+    assert str(error.value).startswith("the region ") and ("60x40 photo" in str(error.value) or "no pixel" in
+                                                            str(error.value))
 
 
 @pytest.mark.parametrize("text", ["0% 0% 100%", "0 0 10 10", "a% 0% 10% 10%", "-1px 0px 5px 5px", ""])
@@ -56,6 +59,7 @@ def test_keep_inside_clears_everything_outside_the_box_and_copies() -> None:
     ("original", "center", Placement(None, (0.5, 0.5))),
     ("100%", "0%", Placement(1.0, (0.0, 0.0))),
     ("10%", "25% 75%", Placement(0.1, (0.25, 0.75))),
+    ("original", "100% 100%", Placement(None, (1.0, 1.0))),
 ])
 def test_scale_and_position_parse_as_remove_bg_describes_them(scale: str, position: str,
                                                               expected: Placement | None) -> None:
@@ -66,7 +70,7 @@ def test_scale_and_position_parse_as_remove_bg_describes_them(scale: str, positi
                                                  ("original", "left"), ("original", "10% 20% 30%"),
                                                  ("original", "120%")])
 def test_bad_scales_and_positions_are_value_errors(scale: str, position: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="percentage"):
         parse_placement(scale, position)
 
 
@@ -78,6 +82,10 @@ def test_position_moves_the_subject_without_resizing_it() -> None:
     assert not rgb[:30].any()  # the rest of the canvas is black (and clear)
     _, top_left = place_subject(PHOTO, alpha, Placement(None, (0.0, 0.0)))
     assert (top_left[:10, :20] == 255).all() and top_left.sum() == alpha.sum()
+    _, bottom_left = place_subject(PHOTO, alpha, Placement(None, (0.0, 1.0)))  # horizontal first, then vertical
+    assert (bottom_left[30:, :20] == 255).all() and bottom_left.sum() == alpha.sum()
+    _, middle = place_subject(PHOTO, alpha, Placement(None, (0.5, 0.5)))
+    assert (middle[15:25, 20:40] == 255).all() and middle.sum() == alpha.sum()
 
 
 def test_scale_fits_the_subject_inside_its_share_of_the_canvas_keeping_its_aspect() -> None:
