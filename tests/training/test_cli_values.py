@@ -125,7 +125,11 @@ def test_an_error_in_a_dataloader_worker_is_one_line_not_the_workers_traceback(
     import torch.utils.data
 
     def load_everything() -> int:
-        for _ in torch.utils.data.DataLoader(_UnreadableAt(), batch_size=1, num_workers=2):
+        # Spawned, not forked: earlier tests in this process start OpenVINO and ONNX Runtime threads, and a fork
+        # taken while a foreign thread holds a lock can crash the child.
+        loader = torch.utils.data.DataLoader(_UnreadableAt(), batch_size=1, num_workers=2,
+                                             multiprocessing_context="spawn")
+        for _ in loader:
             pass
         return 0
 
