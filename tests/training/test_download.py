@@ -9,7 +9,6 @@ import re
 import socket
 import tarfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -298,15 +297,20 @@ def test_download_http_404(server: PetServer, tmp_path: Path) -> None:
     assert len(server.state.requests) == 1  # a 404 is not retried
 
 
-def test_download_unreachable_server_fails_fast(tmp_path: Path) -> None:
+def test_download_unreachable_server_gives_up_after_its_retries(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused connection is retried ``retries`` times with the backoff's pauses, then named: counted, not
+    timed."""
+    pauses: list[float] = []
+    monkeypatch.setattr(download.time, "sleep", pauses.append)
+    monkeypatch.setattr(download, "RETRY_BACKOFF_S", 1.5)  # the other tests run without pauses
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed when the block ends: nothing listens there
     archive = Archive("images.tar.gz", f"http://127.0.0.1:{port}/images.tar.gz", "0" * 32, "images")
-    start = time.monotonic()
-    with pytest.raises(DownloadError, match=re.escape(archive.url)):
-        download_dataset(tmp_path, [archive], progress=False, timeout=1, retries=1)
-    assert time.monotonic() - start < 5
+    with pytest.raises(DownloadError, match=re.escape(archive.url) + r" after 3 attempt\(s\)"):
+        download_dataset(tmp_path, [archive], progress=False, timeout=1, retries=2)
+    assert pauses == [1.5, 3.0]
 
 
 def test_download_data_path_not_writable(tmp_path: Path) -> None:
