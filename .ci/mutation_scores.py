@@ -3,7 +3,8 @@ when a module that was run falls under the floor.
 
 Mutants listed in .ci/equivalent_mutants.txt (one name per line, then the reason) change no behaviour anyone
 could observe (an error message's wording, a copy flag, a bound that never binds): they are left out of the
-denominator, and the table says how many.
+denominator, and the table says how many. A mutant that no selected test reaches ("no tests") is a line
+nothing verifies: it counts against the score like a survivor.
 """
 from __future__ import annotations
 
@@ -36,16 +37,16 @@ def main() -> int:
         mutant = line.split(":")[0].strip()
         status = "equivalent" if mutant in skip and match["status"] == "survived" else match["status"]
         counts.setdefault(match["name"], Counter())[status] += 1
-    print("| module | mutants | killed | survived | equivalent (left out) | score |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| module | mutants | killed | survived | untested | equivalent (left out) | score |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     low = []
     for module, count in sorted(counts.items()):
-        killed = count["killed"] + count["timeout"]
-        judged = killed + count["survived"]
+        killed = count["killed"] + count["timeout"] + count["segfault"]
+        judged = killed + count["survived"] + count["no tests"] + count["suspicious"]
         score = killed / judged if judged else 1.0
         low += [module] if score < FLOOR else []
-        print(f"| `{module}` | {sum(count.values())} | {killed} | {count['survived']} | {count['equivalent']} | "
-              f"{score:.1%} |")
+        print(f"| `{module}` | {sum(count.values())} | {killed} | {count['survived']} | "
+              f"{count['no tests']} | {count['equivalent']} | {score:.1%} |")
     if low:
         print(f"under {FLOOR:.0%}: {', '.join(low)}", file=sys.stderr)
     return 1 if low else 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.metrics import SegmentationMetrics, dice_score, iou_score
+from training.metrics import SegmentationMetrics, breed_of, dice_score, iou_score
 
 
 def masks(pred_on: list[int], target_on: list[int], n: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +91,57 @@ def test_split_metrics_micro_pools_pixels() -> None:
 
 def test_split_metrics_of_nothing_are_nan() -> None:
     summary = SegmentationMetrics().summary()
-    assert summary["images"] == 0 and summary["dice"] != summary["dice"]
+    assert summary.pop("images") == 0
+    assert set(summary) == {"dice", "iou", "dice_micro", "iou_micro"}
+    assert all(value != value for value in summary.values())  # every score nan, none missing
+    assert SegmentationMetrics().share_below(0.7) != SegmentationMetrics().share_below(0.7)
+
+
+def test_iou_of_one_shared_pixel_is_one() -> None:
+    assert iou_score(*masks([4], [4])).item() == 1.0
+    assert dice_score(*masks([4], [4])).item() == 1.0
+
+
+def test_ignored_pixels_count_for_neither_prediction_nor_target() -> None:
+    """The trimap's border band: a prediction there is neither a hit nor a false alarm, a target pixel there
+    is not a miss."""
+    pred, target = masks([0, 1, 2, 3, 8], [2, 3, 4, 5, 9])
+    ignore = torch.zeros(1, 10, dtype=torch.bool)
+    ignore[0, [0, 1, 4, 5]] = True  # leaves pred {2, 3, 8}, target {2, 3, 9}
+    metrics = SegmentationMetrics()
+    metrics.update(pred, target, ignore=ignore)
+    assert metrics.dice == [pytest.approx(4 / 6)] and metrics.iou == [pytest.approx(2 / 4)]
+    summary = metrics.summary()
+    assert summary["dice_micro"] == pytest.approx(4 / 6) and summary["iou_micro"] == pytest.approx(2 / 4)
+    assert (metrics.pred_pixels, metrics.target_pixels, metrics.intersection) == (3, 3, 2)
+
+
+def test_share_below_counts_images_strictly_under_the_threshold() -> None:
+    metrics = SegmentationMetrics()
+    metrics.update(*masks([1], [1]))  # 1.0
+    metrics.update(*masks([1, 2], [2, 3]))  # 0.5
+    metrics.update(*masks([1, 2, 3], [2, 3, 4]))  # 2/3
+    metrics.update(*masks([1], [2]))  # 0.0
+    assert metrics.share_below(0.7) == 3 / 4
+    assert metrics.share_below(0.5) == 1 / 4  # 0.5 itself is not under 0.5
+
+
+@pytest.mark.parametrize(("name", "breed"), [("Great_Pyrenees_12", "Great_Pyrenees"), ("Bengal_7", "Bengal"),
+                                             ("pug", "pug")])
+def test_breed_is_the_name_before_its_last_underscore(name: str, breed: str) -> None:
+    assert breed_of(name) == breed
+
+
+def test_by_group_gives_each_breed_its_mean_failures_and_count_sorted_by_name() -> None:
+    metrics = SegmentationMetrics()
+    metrics.update(*masks([1], [1]), names=["pug_1"])  # 1.0
+    metrics.update(*masks([1, 2], [2, 3]), names=["Bengal_4"])  # 0.5
+    metrics.update(*masks([1], [2]), names=["pug_2"])  # 0.0
+    metrics.update(*masks([1, 2, 3], [1, 2, 3, 4]), names=["Bengal_9"])  # 6/7
+    groups = metrics.by_group(breed_of)
+    assert list(groups) == ["Bengal", "pug"]
+    assert groups["Bengal"] == {"dice": pytest.approx((0.5 + 6 / 7) / 2), "below_0.7": 0.5, "images": 2}
+    assert groups["pug"] == {"dice": 0.5, "below_0.7": 0.5, "images": 2}
 
 
 def test_split_metrics_all_empty_images_score_one() -> None:
@@ -107,6 +157,9 @@ def test_split_metrics_worst_lists_lowest_dice_first() -> None:
     metrics.update(*masks([1, 2], [2]), names=["half"])
     worst = metrics.worst(2)
     assert [row["name"] for row in worst] == ["bad", "half"]
+    for index in range(12):
+        metrics.update(*masks([1], [1]), names=[f"more_{index}"])
+    assert len(metrics.worst()) == 10  # ten by default
     assert worst[1]["dice"] == pytest.approx(2 / 3) and worst[1]["iou"] == pytest.approx(1 / 2)
 
 
