@@ -149,8 +149,8 @@ class UrlFetcher:
             raise ApiError(400, f"image_url: {url.host!r} sent nothing for {self.policy.read_timeout_s:g}s") \
                 from None
         except httpx.HTTPError as exc:
-            raise ApiError(400, f"image_url: cannot fetch from {url.host!r}: {exc or type(exc).__name__}") \
-                from None
+            reason = str(exc) or type(exc).__name__  # an exception with no message is still truthy
+            raise ApiError(400, f"image_url: cannot fetch from {url.host!r}: {reason}") from None
         try:
             if response.status_code in REDIRECT_STATUSES:
                 location = response.headers.get("location")

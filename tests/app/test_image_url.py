@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 
 from app.config import load_settings
 from app.errors import ApiError
-from app.url_fetch import UrlFetcher, UrlPolicy, refusal_reason
+from app.url_fetch import UrlFetcher, UrlPolicy, refusal_reason, system_resolver
 from tests.app.helpers import app_client, image_files, mask_array
 from tests.factories import blob_image, jpeg_bytes
 from tests.server import free_port
@@ -432,3 +432,150 @@ def test_url_allow_hosts_must_be_bare_hosts(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("PETSEG_URL_ALLOW_HOSTS", '["http://photos.internal/"]')
     with pytest.raises(SettingsError, match="PETSEG_URL_ALLOW_HOSTS"):
         load_settings(_env_file=None)
+
+
+# --- each refusal's status, code and wording (found loose by mutation testing) ------------------------------
+
+class Failing(httpx.MockTransport):
+    """No network: every request raises ``error``, as a transport does when a connection fails."""
+
+    def __init__(self, error: Exception) -> None:
+        def fail(request: httpx.Request) -> httpx.Response:
+            raise error
+        super().__init__(fail)
+
+
+class Streamed(httpx.AsyncByteStream):
+    """A body in ``chunks`` without a Content-Length; ``then``, if given, is raised after the last one."""
+
+    def __init__(self, chunks: list[bytes], then: Exception | None = None) -> None:
+        self.chunks, self.then = chunks, then
+
+    async def __aiter__(self):  # noqa: ANN204
+        for chunk in self.chunks:
+            yield chunk
+        if self.then is not None:
+            raise self.then
+
+
+def answering(response: httpx.Response) -> httpx.MockTransport:
+    return httpx.MockTransport(lambda request: response)
+
+
+def public_fetcher(transport: httpx.AsyncBaseTransport, **overrides: object) -> UrlFetcher:
+    return UrlFetcher(policy(**overrides), resolver=fake_resolver({"photos.example": ["93.184.216.34"]}),
+                      transport=transport)
+
+
+def refusal(fetcher: UrlFetcher, url: str) -> ApiError:
+    with pytest.raises(ApiError) as error:
+        fetch(fetcher, url)
+    return error.value
+
+
+def test_the_request_asks_for_an_image_as_petseg_under_the_policys_timeouts() -> None:
+    transport = Recording()
+    fetch(public_fetcher(transport, connect_timeout_s=1.5, read_timeout_s=0.25), "http://photos.example/cat.jpg")
+    (request,) = transport.requests
+    assert request.method == "GET"
+    assert request.headers["accept"] == "image/*" and request.headers["user-agent"] == "petseg"
+    assert request.extensions["timeout"] == {"connect": 1.5, "read": 0.25, "write": 0.25, "pool": 0.25}
+    assert "sni_hostname" not in request.extensions  # plain http: no TLS name to check
+
+
+@pytest.mark.parametrize(("url", "port"), [("http://photos.example/a.jpg", 80),
+                                           ("https://photos.example/a.jpg", 443),
+                                           ("http://photos.example:8080/a.jpg", 8080)])
+def test_the_resolver_is_asked_for_the_urls_port(url: str, port: int) -> None:
+    asked: list[tuple[str, int]] = []
+
+    async def resolve(host: str, wanted: int) -> list[str]:
+        asked.append((host, wanted))
+        return ["93.184.216.34"]
+
+    fetch(UrlFetcher(policy(), resolver=resolve, transport=Recording()), url)
+    assert asked == [("photos.example", port)]
+
+
+def test_the_system_resolver_answers_for_the_host_it_is_given() -> None:
+    assert asyncio.run(system_resolver("127.0.0.2", 80)) == ["127.0.0.2"]  # a literal: no lookup leaves
+
+
+def test_a_host_with_no_address_is_a_400_naming_it() -> None:
+    fetcher = UrlFetcher(policy(), resolver=fake_resolver({"empty.example": []}), transport=Recording())
+    error = refusal(fetcher, "http://empty.example/cat.jpg")
+    assert (error.status_code, error.detail) == (400, "image_url: the host 'empty.example' has no address")
+
+
+@pytest.mark.parametrize(("error", "detail"), [
+    (httpx.ConnectTimeout("timed out"), "image_url: no connection to 'photos.example' within 2s"),
+    (httpx.ReadTimeout("timed out"), "image_url: 'photos.example' sent nothing for 0.5s"),
+    (httpx.ConnectError("refused"), "image_url: cannot fetch from 'photos.example': refused"),
+    (httpx.ConnectError(""), "image_url: cannot fetch from 'photos.example': ConnectError"),
+])
+def test_connection_failures_are_400s_that_say_what_failed(error: Exception, detail: str) -> None:
+    refused_with = refusal(public_fetcher(Failing(error)), "http://photos.example/cat.jpg")
+    assert (refused_with.status_code, refused_with.detail) == (400, detail)
+
+
+@pytest.mark.parametrize(("then", "detail"), [
+    (httpx.ReadTimeout("timed out"), "image_url: 'photos.example' sent nothing for 0.5s"),
+    (httpx.RemoteProtocolError("closed"), "image_url: the download from 'photos.example' failed: closed"),
+    (httpx.ReadError(""), "image_url: the download from 'photos.example' failed: ReadError"),
+])
+def test_a_body_cut_off_midway_is_a_400_that_says_how(then: Exception, detail: str) -> None:
+    response = httpx.Response(200, stream=Streamed([b"\xff\xd8", b"\xff"], then=then))
+    error = refusal(public_fetcher(answering(response)), "http://photos.example/cat.jpg")
+    assert (error.status_code, error.detail) == (400, detail)
+
+
+def test_a_body_in_chunks_arrives_whole() -> None:
+    response = httpx.Response(200, stream=Streamed([PHOTO[:100], PHOTO[100:]]))
+    assert fetch(public_fetcher(answering(response)), "http://photos.example/cat.jpg") == PHOTO
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_a_body_of_exactly_the_limit_is_fetched_and_one_byte_more_is_refused(declared: bool) -> None:
+    def answer(size: int) -> httpx.Response:
+        body = b"\xff" * size
+        return httpx.Response(200, content=body) if declared else httpx.Response(200, stream=Streamed([body]))
+
+    assert len(fetch(public_fetcher(answering(answer(LIMIT))), "http://photos.example/a.jpg")) == LIMIT
+    error = refusal(public_fetcher(answering(answer(LIMIT + 1))), "http://photos.example/a.jpg")
+    assert (error.status_code, error.code) == (413, "file_too_large")
+
+
+def test_a_300_without_location_is_not_a_photo() -> None:
+    error = refusal(public_fetcher(answering(httpx.Response(300, content=PHOTO))), "http://photos.example/a.jpg")
+    assert (error.status_code, error.detail) == (400, "image_url: 'photos.example' answered HTTP 300")
+
+
+@pytest.mark.parametrize(("url", "detail"), [
+    ("http://[::1/x", "image_url: not a valid URL (Invalid port: ':1')"),
+    ("/cat.jpg", "image_url: only http and https URLs are fetched, not 'a relative URL'"),
+    ("http://nowhere.example/cat.jpg",
+     "image_url: the host 'nowhere.example' does not resolve ([Errno -2] Name or service not known)"),
+])
+def test_a_bad_first_url_is_named_as_image_url(url: str, detail: str) -> None:
+    error = refusal(UrlFetcher(policy(), resolver=fake_resolver({}), transport=Recording()), url)
+    assert (error.status_code, error.detail) == (422 if "resolve" not in detail else 400, detail)
+
+
+def test_a_redirect_error_names_the_redirecting_url_without_its_query_or_fragment(
+        photos: PhotoServer, loopback: LoopbackOnly) -> None:
+    detail = refused(loopback_fetcher(loopback), f"{photos.base}/to?url=ftp://files.example/x#part", 400)
+    assert detail == (f"image_url's redirect from {photos.base}/to: only http and https URLs are fetched, "
+                      f"not 'ftp'")
+
+
+def test_proxy_settings_in_the_environment_are_not_followed(photos: PhotoServer,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy would connect to the name again, past the address check: the fetch goes to the checked address
+    whatever HTTP_PROXY says (here a closed port, which would fail the fetch)."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, closed)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    fetcher = UrlFetcher(policy(allow_hosts=frozenset({"127.0.0.1"})))  # the real transport
+    assert fetch(fetcher, photos.base + "/cat.jpg") == PHOTO
