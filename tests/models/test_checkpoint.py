@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -10,7 +11,14 @@ import pytest
 import torch
 
 from models import build_model
-from models.checkpoint import CHECKPOINT_FORMAT, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from models.checkpoint import (
+    CHECKPOINT_FORMAT,
+    Checkpoint,
+    CheckpointError,
+    file_sha256,
+    load_checkpoint,
+    save_checkpoint,
+)
 from models.engine.segmenter import Segmenter
 from tests.factories import make_checkpoint
 
@@ -252,3 +260,48 @@ def test_segmenter_refuses_an_untrained_checkpoint(untrained: Path) -> None:
 def test_segmenter_loads_an_untrained_checkpoint_when_allowed(untrained: Path) -> None:
     segmenter = Segmenter.from_file(untrained, device="cpu", precision="fp32", allow_untrained=True)
     assert segmenter.info.epoch == 0 and segmenter.info.checkpoint_path == str(untrained)
+
+
+# --- digests and messages (found loose by mutation testing) ------------------------------------------------
+
+def test_weights_digest_is_the_sha256_of_arch_size_and_fp32_weights_in_name_order() -> None:
+    state = {"b.weight": torch.tensor([1.0, 2.0]), "a.count": torch.tensor([3], dtype=torch.int64)}
+    checkpoint = Checkpoint(arch="unet", model_state=state, image_size=64)
+    expected = hashlib.sha256(b"unet:64")
+    expected.update(b"a.count" + torch.tensor([3.0]).numpy().tobytes())
+    expected.update(b"b.weight" + torch.tensor([1.0, 2.0]).numpy().tobytes())
+    assert checkpoint.weights_digest() == expected.hexdigest()
+
+
+def test_weights_digest_ignores_the_card_and_follows_each_weight_and_the_input_size() -> None:
+    base = small_checkpoint()
+    same = small_checkpoint()
+    same.card, same.metrics, same.int8_calibration = {"other": "card"}, {}, {"x": "1"}
+    assert same.weights_digest() == base.weights_digest()
+    moved = small_checkpoint()
+    moved.model_state["inc.weight"][0, 0, 0, 0] += 1e-3
+    resized = small_checkpoint()
+    resized.image_size = 64
+    assert len({base.weights_digest(), moved.weights_digest(), resized.weights_digest()}) == 3
+
+
+def test_file_sha256_reads_a_file_larger_than_its_chunk(tmp_path: Path) -> None:
+    data = os.urandom((1 << 20) * 2 + 123)
+    (tmp_path / "big.bin").write_bytes(data)
+    assert file_sha256(tmp_path / "big.bin") == hashlib.sha256(data).hexdigest()
+
+
+def test_a_refusal_quotes_only_the_first_line_of_torchs_error(tmp_path: Path) -> None:
+    checkpoint = small_checkpoint()
+    checkpoint.arch = "resnet34_unet"
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(save_checkpoint(checkpoint, tmp_path / "c.pt")).build_model()
+    assert str(error.value) == ("weights do not fit architecture 'resnet34_unet': "
+                                "Error(s) in loading state_dict for ResNet34UNet:")
+
+
+def test_an_empty_file_is_refused_with_the_errors_name_when_torch_gives_no_text(tmp_path: Path) -> None:
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(tmp_path / "empty.pt")
+    assert str(error.value) == f"cannot read checkpoint {tmp_path / 'empty.pt'}: EOFError"  # torch's is blank
