@@ -169,3 +169,10 @@ def test_split_metrics_names_default_to_running_indices() -> None:
     pair = torch.zeros(2, 10, dtype=torch.bool)
     metrics.update(pair, pair)
     assert metrics.names == ["0", "1", "2"]
+
+
+def test_a_breed_at_exactly_0_7_has_no_failures() -> None:
+    metrics = SegmentationMetrics()
+    metrics.update(*masks(list(range(10)), list(range(3, 13)), n=20), names=["pug_1"])  # overlap 7 of 10 + 10
+    assert metrics.dice == [0.7]
+    assert metrics.by_group(breed_of)["pug"]["below_0.7"] == 0.0
