@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -13,6 +14,8 @@ import torch
 from models import build_model
 from models.checkpoint import (
     CHECKPOINT_FORMAT,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     Checkpoint,
     CheckpointError,
     file_sha256,
@@ -305,3 +308,58 @@ def test_an_empty_file_is_refused_with_the_errors_name_when_torch_gives_no_text(
     with pytest.raises(CheckpointError) as error:
         load_checkpoint(tmp_path / "empty.pt")
     assert str(error.value) == f"cannot read checkpoint {tmp_path / 'empty.pt'}: EOFError"  # torch's is blank
+
+
+def test_half_makes_floats_fp16_keeps_integers_and_leaves_the_original_alone() -> None:
+    original = small_checkpoint()
+    half = original.half()
+    assert half.model_state["inc.weight"].dtype == torch.float16
+    assert half.model_state["inc.bn.num_batches_tracked"].dtype == torch.int64
+    weights = original.model_state["inc.weight"]
+    assert torch.allclose(half.model_state["inc.weight"].float(), weights, atol=1e-2)
+    assert half.training_state is None and half.card == original.card and half.epoch == original.epoch
+    assert original.model_state["inc.weight"].dtype == torch.float32 and original.training_state is not None
+
+
+def test_a_checkpoint_with_only_the_required_fields_loads_with_the_defaults(tmp_path: Path) -> None:
+    """Files written before the optional fields existed still load, with the values those files meant."""
+    state = small_checkpoint().model_state
+    torch.save({"format": CHECKPOINT_FORMAT, "arch": "unet", "model_state": state, "image_size": 1},
+               tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert (loaded.mean, loaded.std) == (IMAGENET_MEAN, IMAGENET_STD)
+    assert (loaded.border_is_pet, loaded.epoch, loaded.created_at, loaded.image_size) == (True, 0, "", 1)
+    assert (loaded.metrics, loaded.config, loaded.card, loaded.int8_calibration) == ({}, {}, {}, {})
+    assert loaded.training_state is None
+
+
+def test_int8_ranges_and_the_creation_time_survive_a_round_trip(tmp_path: Path) -> None:
+    checkpoint = small_checkpoint()
+    checkpoint.int8_calibration = {"ranges": "0.1,0.2"}
+    loaded = load_checkpoint(save_checkpoint(checkpoint, tmp_path / "c.pt"))
+    assert loaded.int8_calibration == {"ranges": "0.1,0.2"} and loaded.created_at == checkpoint.created_at
+
+
+def test_an_input_size_under_one_is_refused_naming_the_file(tmp_path: Path) -> None:
+    raw = small_checkpoint().to_dict()
+    raw["image_size"] = 0
+    torch.save(raw, tmp_path / "zero.pt")
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(tmp_path / "zero.pt")
+    assert str(error.value) == f"{tmp_path / 'zero.pt'} is malformed: image_size 0 must be >= 1"
+    with pytest.raises(CheckpointError, match="^checkpoint is not a petseg checkpoint"):
+        Checkpoint.from_dict({})  # no file: the message still says what was refused
+
+
+def test_a_saved_checkpoint_is_synced_to_disk_with_its_folder(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[bool] = []
+    real = os.fsync
+
+    def recording(fd: int) -> None:
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    save_checkpoint(small_checkpoint(), tmp_path / "c.pt")
+    assert synced == [False, True]  # the file, then the folder that names it
