@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from app import middleware
 from app.middleware import ApiKeyMiddleware, BodyLimitMiddleware, RequestLogMiddleware, StartupErrorMiddleware
 
 Message = dict[str, Any]
@@ -239,3 +240,28 @@ def test_without_a_recorded_reason_the_start_up_message_is_left_alone() -> None:
 def test_requests_pass_the_start_up_middleware_untouched() -> None:
     app = App()
     assert answer(run(StartupErrorMiddleware(app, lambda: "reason"), http_scope()))[0] == 200
+
+
+def test_the_log_gives_the_time_taken_in_milliseconds(caplog: pytest.LogCaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([100.0, 100.25])
+    monkeypatch.setattr(middleware.time, "perf_counter", lambda: next(clock))
+    with caplog.at_level(logging.INFO, logger="app.access"):
+        run(RequestLogMiddleware(App()), http_scope())
+    assert caplog.records[0].getMessage().endswith(" ms=250.0")
+
+
+def test_optional_asgi_keys_may_be_left_out() -> None:
+    """ASGI lets a scope omit ``headers`` and a message omit ``body``, ``more_body`` and ``headers``."""
+    app = App()
+    scope = {"type": "http", "path": "/segment", "method": "POST"}
+    sent = run(RequestLogMiddleware(BodyLimitMiddleware(ApiKeyMiddleware(app, None), max_bytes=10)), scope,
+               [{"type": "http.request"}])
+    assert answer(sent)[0] == 200 and app.received == chunks(b"")
+
+    async def bare(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204})
+        await send({"type": "http.response.body"})
+
+    sent = run(RequestLogMiddleware(bare), http_scope())
+    assert sent[0]["headers"][0][0] == b"x-request-id"
