@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.checkpoint import CheckpointError
 from models.engine import selection
 from models.engine.quantize import CalibrationError
 from models.engine.segmenter import Segmenter
@@ -17,6 +18,7 @@ from models.engine.selection import (
     open_segmenter,
     resolve_engine,
 )
+from tests.factories import make_checkpoint
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 ALL = {"torch", "onnxruntime", "openvino"}
@@ -191,3 +193,18 @@ def test_int8_asked_for_without_ranges_or_photos_is_an_error(tiny_checkpoint: Pa
                                                               no_calibration: None) -> None:
     with pytest.raises(CalibrationError):
         open_segmenter(tiny_checkpoint, runtime="openvino", device="cpu", precision="int8")
+
+
+def test_open_segmenter_refuses_an_untrained_checkpoint_unless_allowed(tmp_path: Path) -> None:
+    untrained = make_checkpoint(tmp_path / "random.pt", epoch=0, image_size=32)
+    with pytest.raises(CheckpointError, match="untrained"):
+        open_segmenter(untrained, runtime="torch", device="cpu")  # the default precision is auto
+    allowed = open_segmenter(untrained, runtime="torch", device="cpu", allow_untrained=True)
+    assert isinstance(allowed, Segmenter)
+
+
+def test_int8_asked_for_with_the_auto_runtime_is_an_error_too(tiny_checkpoint: Path,
+                                                               no_calibration: None) -> None:
+    """Only a choice left wholly to auto (runtime and precision) may fall back."""
+    with pytest.raises(CalibrationError):
+        open_segmenter(tiny_checkpoint, runtime="auto", device="cpu", precision="int8")
