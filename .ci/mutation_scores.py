@@ -37,7 +37,7 @@ def main() -> int:
         mutant = line.split(":")[0].strip()
         status = "equivalent" if mutant in skip and match["status"] == "survived" else match["status"]
         counts.setdefault(match["name"], Counter())[status] += 1
-    print("| module | mutants | killed | survived | untested | equivalent (left out) | score |")
+    print("| module | mutants | killed (timeouts) | survived | untested | equivalent (left out) | score |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     low = []
     for module, count in sorted(counts.items()):
@@ -45,7 +45,7 @@ def main() -> int:
         judged = killed + count["survived"] + count["no tests"] + count["suspicious"]
         score = killed / judged if judged else 1.0
         low += [module] if score < FLOOR else []
-        print(f"| `{module}` | {sum(count.values())} | {killed} | {count['survived']} | "
+        print(f"| `{module}` | {sum(count.values())} | {killed} ({count['timeout']}) | {count['survived']} | "
               f"{count['no tests']} | {count['equivalent']} | {score:.1%} |")
     if low:
         print(f"under {FLOOR:.0%}: {', '.join(low)}", file=sys.stderr)
