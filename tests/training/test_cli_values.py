@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -120,13 +121,25 @@ class _UnreadableAt:
         return index
 
 
+@pytest.fixture
+def sigchld_restored() -> Iterator[None]:
+    """A DataLoader with workers installs a SIGCHLD handler for the whole process and never removes it. Left in
+    the test process, it fired when a later test's child process exited, and on this AVX-512 machine the whole
+    suite then died of SIGSEGV (the kernel could not lay the handler's signal frame on the alternate stack).
+    The handler is put back as it was."""
+    previous = signal.getsignal(signal.SIGCHLD)
+    yield
+    signal.signal(signal.SIGCHLD, previous)
+
+
+@pytest.mark.usefixtures("sigchld_restored")
 def test_an_error_in_a_dataloader_worker_is_one_line_not_the_workers_traceback(
         capsys: pytest.CaptureFixture[str]) -> None:
     import torch.utils.data
 
     def load_everything() -> int:
-        # Spawned, not forked: earlier tests in this process start OpenVINO and ONNX Runtime threads, and a fork
-        # taken while a foreign thread holds a lock can crash the child.
+        # Spawned, not forked: earlier tests in this process start OpenVINO and ONNX Runtime threads, and a
+        # fork taken while a foreign thread holds a lock can crash the child.
         loader = torch.utils.data.DataLoader(_UnreadableAt(), batch_size=1, num_workers=2,
                                              multiprocessing_context="spawn")
         for _ in loader:
