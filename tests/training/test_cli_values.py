@@ -124,9 +124,9 @@ class _UnreadableAt:
 @pytest.fixture
 def sigchld_restored() -> Iterator[None]:
     """A DataLoader with workers installs a SIGCHLD handler for the whole process and never removes it. Left in
-    the test process, it fired when a later test's child process exited, and on this AVX-512 machine the whole
-    suite then died of SIGSEGV (the kernel could not lay the handler's signal frame on the alternate stack).
-    The handler is put back as it was."""
+    the test process, it went with a kernel-sent SIGSEGV that killed the suite later, while a test waited on a
+    child process (on an AVX-512 machine; most likely the handler's signal frame did not fit the alternate
+    signal stack). The handler is put back as it was."""
     previous = signal.getsignal(signal.SIGCHLD)
     yield
     signal.signal(signal.SIGCHLD, previous)
