@@ -149,8 +149,7 @@ class UrlFetcher:
             raise ApiError(400, f"image_url: {url.host!r} sent nothing for {self.policy.read_timeout_s:g}s") \
                 from None
         except httpx.HTTPError as exc:
-            reason = str(exc) or type(exc).__name__  # an exception with no message is still truthy
-            raise ApiError(400, f"image_url: cannot fetch from {url.host!r}: {reason}") from None
+            raise ApiError(400, f"image_url: cannot fetch from {url.host!r}: {_reason(exc)}") from None
         try:
             if response.status_code in REDIRECT_STATUSES:
                 location = response.headers.get("location")
@@ -183,8 +182,7 @@ class UrlFetcher:
             raise ApiError(400, f"image_url: {url.host!r} sent nothing for {self.policy.read_timeout_s:g}s") \
                 from None
         except httpx.HTTPError as exc:
-            reason = str(exc) or type(exc).__name__
-            raise ApiError(400, f"image_url: the download from {url.host!r} failed: {reason}") from None
+            raise ApiError(400, f"image_url: the download from {url.host!r} failed: {_reason(exc)}") from None
         return b"".join(chunks)
 
 
@@ -202,6 +200,11 @@ def _parse(text: str, redirected_from: httpx.URL | None = None) -> httpx.URL:
     if not url.host:
         raise ApiError(status, f"{where}: the URL has no host")
     return url
+
+
+def _reason(exc: Exception) -> str:
+    """The error's message, or its type when it has none (an exception is truthy even without text)."""
+    return str(exc) or type(exc).__name__
 
 
 def _port(url: httpx.URL) -> int:
