@@ -404,7 +404,7 @@ def watch_folder(client: httpx.Client, folder: Path, *, out: Path, rendering: Re
                 seen[photo].failed = True
                 continue
             except httpx.TransportError as exc:
-                report(f"petseg: {photo}: {exc or type(exc).__name__} (trying again)")
+                report(f"petseg: {photo}: {_reason(exc)} (trying again)")
                 continue
             done += 1
             report(format_table([row]).splitlines()[1])
@@ -432,7 +432,12 @@ def describe_transport_error(exc: httpx.TransportError, url: str, timeout: float
     # A connection that was made but not answered in time is not "unreachable": say so differently.
     if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
         return f"petseg at {url} did not answer within {timeout:g} s (see --timeout)"
-    return f"cannot reach petseg at {url}: {exc or type(exc).__name__}"
+    return f"cannot reach petseg at {url}: {_reason(exc)}"
+
+
+def _reason(exc: Exception) -> str:
+    """The error's message, or its type when it has none (an exception is truthy even without text)."""
+    return str(exc) or type(exc).__name__
 
 
 def make_client(url: str, api_key: str | None, timeout: float) -> httpx.Client:

@@ -7,12 +7,13 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.client import Rendering, build_parser, main, watch_folder
+from app.client import Rendering, build_parser, describe_transport_error, main, watch_folder
 from tests.factories import blob_image, jpeg_bytes, png_bytes
 from tests.server import free_port
 
@@ -340,3 +341,11 @@ def test_watch_refuses_a_missing_folder_and_out_inside_it(client: TestClient, tm
     with pytest.raises(SystemExit):
         main(["segment", "--watch", str(tmp_path), "--interval", "0"])
     assert "not between 0.1 and 60 seconds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("error", "reason"), [(httpx.ConnectError("refused"), "refused"),
+                                               (httpx.ConnectError(""), "ConnectError")])
+def test_an_unreachable_service_is_named_with_the_errors_text_or_its_type(error: Exception,
+                                                                          reason: str) -> None:
+    assert describe_transport_error(error, "http://127.0.0.1:9", 5.0) == (
+        f"cannot reach petseg at http://127.0.0.1:9: {reason}")
