@@ -12,20 +12,6 @@ import pytest
 from models.atomic_files import new_file_mode, write_atomically
 
 
-@pytest.fixture
-def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Each fsync as "file" or "folder", in order."""
-    calls: list[str] = []
-    real = os.fsync
-
-    def recording(fd: int) -> None:
-        calls.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", recording)
-    return calls
-
-
 def test_the_data_is_written_beside_the_target_under_a_hidden_temporary_name(tmp_path: Path) -> None:
     seen: list[list[str]] = []
 
