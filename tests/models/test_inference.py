@@ -181,3 +181,33 @@ def test_photos_under_four_times_the_model_side_take_the_one_resize(size: tuple[
     photo = _photo(*size)
     np.testing.assert_array_equal(resize_for_model(photo, 192),
                                   cv2.resize(photo, (192, 192), interpolation=cv2.INTER_AREA))
+
+
+def _halve(image: np.ndarray) -> np.ndarray:
+    """Means of 2x2 blocks, rounded half up, an odd last row or column dropped: the halving written out."""
+    height, width = image.shape[0] // 2, image.shape[1] // 2
+    blocks = image[:2 * height, :2 * width].astype(np.int32).reshape(height, 2, width, 2, -1)
+    return ((blocks.sum(axis=(1, 3)) + 2) // 4).astype(np.uint8)
+
+
+@pytest.mark.parametrize("transpose", [False, True], ids=["odd-column", "odd-row"])
+def test_a_photo_of_exactly_four_times_the_side_is_halved_first_and_its_odd_line_dropped(transpose: bool) -> None:
+    # 32 = 4 x 8 exactly; the 33rd column (or row) is white and the rest black with a little texture. Halved
+    # (the odd line dropped, 16x16), then area-averaged 2:1 to 8x8, no white reaches the answer; one area resize
+    # of 33 lines into 8 would smear it into the last output column (or row).
+    photo = np.zeros((32, 33, 3), np.uint8)
+    photo[::3, ::5] = 90  # texture, so that a wrong block grid shows too
+    photo[:, 32] = 255
+    if transpose:
+        photo = np.ascontiguousarray(photo.transpose(1, 0, 2))
+    expected = _halve(_halve(photo))
+    np.testing.assert_array_equal(resize_for_model(photo, 8), expected)
+    one_resize = cv2.resize(photo, (8, 8), interpolation=cv2.INTER_AREA)
+    assert one_resize.max() > expected.max()
+
+
+def test_a_photo_just_under_four_times_the_side_takes_the_one_resize() -> None:
+    photo = np.zeros((31, 33, 3), np.uint8)
+    photo[:, 32] = 255
+    np.testing.assert_array_equal(resize_for_model(photo, 8),
+                                  cv2.resize(photo, (8, 8), interpolation=cv2.INTER_AREA))
