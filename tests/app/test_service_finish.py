@@ -1,0 +1,144 @@
+"""The use case without HTTP: what ``SegmentationService.segment`` does with the model's map (the small-blob
+filter, the region of interest, the rendering's inputs, the foreground box), and the PNG answer's headers.
+
+The model is replaced by a fixed probability map, so every expected pixel is known in advance."""
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app.compose import Box
+from app.config import Settings
+from app.errors import ApiError
+from app.placement import parse_roi
+from app.rendering import RenderRequest
+from app.routes.segment import image_response
+from app.schemas import ModelRef
+from app.service import SegmentationService, SegmentResult
+from models.engine.segmenter import Segmenter
+from tests.factories import jpeg_bytes, png_bytes
+
+S = 64  # the tiny checkpoint's input side; photos are 2S x 2S, so each map pixel is a 2x2 block
+
+
+def _map() -> np.ndarray:
+    """Three blobs at threshold 0.3: a 16x16 one (0.9), an 8x8 one (0.9, a quarter of it) and a faint 8x8 one
+    (0.4, a region only under 0.4)."""
+    prob = np.zeros((S, S), np.float32)
+    prob[4:20, 4:20] = 0.9
+    prob[40:48, 40:48] = 0.9
+    prob[40:48, 8:16] = 0.4
+    return prob
+
+
+@pytest.fixture(scope="module")
+def service(tiny_checkpoint: Path) -> Iterator[SegmentationService]:
+    segmenter = Segmenter.from_file(tiny_checkpoint, device="cpu", precision="fp32")
+    fixed = torch.from_numpy(_map())
+    segmenter.forward = lambda batch: fixed.expand(len(batch), S, S).clone()  # type: ignore[method-assign]
+    settings = Settings(checkpoint=tiny_checkpoint, device="cpu", min_blob_ratio=0.5, model_lanes=1,
+                        _env_file=None)
+    service = SegmentationService(segmenter, settings)
+    yield service
+    service.close()
+
+
+def _photo() -> np.ndarray:
+    rng = np.random.default_rng(5)
+    return rng.integers(0, 256, (2 * S, 2 * S, 3), dtype=np.uint8)
+
+
+def _segment(service: SegmentationService, output: str | RenderRequest = "mask", data: bytes | None = None,
+             **kwargs: object) -> SegmentResult:
+    return asyncio.run(service.segment(data if data is not None else png_bytes(_photo()), output=output,
+                                       **kwargs))
+
+
+def _png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def test_small_blobs_are_dropped_at_the_requests_threshold_and_the_settings_ratio(
+        service: SegmentationService) -> None:
+    # at 0.3 the faint blob is a region too; both small ones are a quarter of the big one, under the ratio 0.5
+    mask = _png(_segment(service, threshold=0.3).mask_png)
+    assert mask.shape == (2 * S, 2 * S)
+    assert mask[20:28, 20:28].min() == 255  # inside the big blob
+    assert mask[80:96, 80:96].max() == 0 and mask[80:96, 16:32].max() == 0
+    assert np.count_nonzero(mask) == pytest.approx(32 * 32, abs=4 * 32)
+
+
+def test_the_region_of_interest_clears_the_mask_outside_it(service: SegmentationService) -> None:
+    request = RenderRequest(roi=parse_roi("0px 0px 20px 128px"))  # the left part of the big blob only
+    result = _segment(service, request, threshold=0.5)
+    mask = _png(result.mask_png)
+    assert mask[:, 20:].max() == 0 and mask[20:28, 10:20].min() == 255
+    assert result.foreground_fraction == pytest.approx(np.count_nonzero(mask) / mask.size)
+
+
+def test_the_soft_alpha_is_drawn_from_the_filtered_map(service: SegmentationService) -> None:
+    alpha = _png(_segment(service, "alpha", threshold=0.3).output_png)[..., 3]
+    assert alpha[20:28, 20:28].min() == 255  # the big blob: opaque
+    assert alpha[84:92, 84:92].max() == 0  # the dropped blob: clear
+
+
+def test_a_background_image_goes_under_the_cutout(service: SegmentationService) -> None:
+    green = np.zeros((2 * S, 2 * S, 3), np.uint8)
+    green[..., 1] = 255
+    request = RenderRequest(output="cutout", background_image=png_bytes(green))
+    answer = _png(_segment(service, request, threshold=0.5).output_png)
+    assert answer.shape == (2 * S, 2 * S, 3)
+    np.testing.assert_array_equal(answer[110:, 110:], green[110:, 110:])
+
+
+def test_an_empty_crop_names_the_requests_threshold(service: SegmentationService) -> None:
+    with pytest.raises(ApiError, match=r"no pet found in the image \(at threshold 0\.95\)"):
+        _segment(service, RenderRequest(output="probability", crop=True), threshold=0.95)
+
+
+def test_a_rendering_without_the_photo_works_from_a_draft_decode(service: SegmentationService) -> None:
+    # a JPEG four times the model's side decodes in draft mode for the probability map; the rendering must
+    # not be handed that smaller photo
+    photo = np.full((4 * S, 4 * S, 3), 128, np.uint8)
+    result = _segment(service, RenderRequest(output="probability", crop=True), data=jpeg_bytes(photo),
+                      threshold=0.5)
+    assert result.crop is not None and (result.width, result.height) == (4 * S, 4 * S)
+
+
+def test_the_foreground_box_is_given_when_asked(service: SegmentationService) -> None:
+    assert _segment(service, threshold=0.5).foreground is None
+    assert _segment(service, threshold=0.5, foreground_box=True).foreground == Box(8, 8, 32, 32)
+    assert _segment(service, threshold=0.95, foreground_box=True).foreground == Box(0, 0, 0, 0)
+
+
+# --- the PNG answer ---------------------------------------------------------------------------------------------
+
+def _result(**overrides: object) -> SegmentResult:
+    values: dict = dict(width=640, height=480, threshold=0.35, foreground_probability=0.1234567,
+                        foreground_fraction=0.5, dice=None, mask_png=b"mask", output="cutout",
+                        output_png=b"\x89PNG answer", inference_ms=12.345, media_type="image/png")
+    values.update(overrides)
+    return SegmentResult(**values)
+
+
+def test_the_png_answer_carries_every_number_as_a_header() -> None:
+    response = image_response(_result(), ModelRef(name="fast", arch="unet", checkpoint_sha256=None))
+    assert response.body == b"\x89PNG answer" and response.media_type == "image/png"
+    headers = {k: v for k, v in response.headers.items() if k.startswith("x-")}
+    assert headers == {"x-foreground-probability": "0.123457", "x-foreground-fraction": "0.500000",
+                       "x-image-size": "640x480", "x-threshold": "0.35", "x-inference-ms": "12.3",
+                       "x-model": "unet", "x-model-name": "fast"}
+
+
+def test_dice_and_the_crop_are_headers_only_when_there_are_some() -> None:
+    result = _result(dice=0.9876543, crop=Box(12, 34, 56, 78), media_type="image/jpeg")
+    response = image_response(result, ModelRef(name="default", arch="resnet34_unet", checkpoint_sha256=None))
+    assert response.headers["x-dice"] == "0.987654" and response.headers["x-crop"] == "12,34,56,78"
+    assert response.media_type == "image/jpeg"
