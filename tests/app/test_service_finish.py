@@ -1,12 +1,16 @@
-"""The use case without HTTP: what ``SegmentationService.segment`` does with the model's map (the small-blob
-filter, the region of interest, the rendering's inputs, the foreground box), and the PNG answer's headers.
+"""The use case without HTTP: how ``SegmentationService`` builds its lanes from the settings, what ``segment``
+does with the model's map (the small-blob filter, the region of interest, the rendering's inputs, the
+foreground box), and the PNG answer's headers.
 
 The model is replaced by a fixed probability map, so every expected pixel is known in advance."""
 from __future__ import annotations
 
 import asyncio
 import io
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
+from app import metrics
+from app.batching import BatchRunner
 from app.compose import Box
 from app.config import Settings
 from app.errors import ApiError
@@ -21,7 +27,7 @@ from app.placement import parse_roi
 from app.rendering import RenderRequest
 from app.routes.segment import image_response
 from app.schemas import ModelRef
-from app.service import SegmentationService, SegmentResult
+from app.service import SegmentationService, SegmentResult, model_lanes
 from models.engine.segmenter import Segmenter
 from tests.factories import jpeg_bytes, png_bytes
 
@@ -116,6 +122,80 @@ def test_the_foreground_box_is_given_when_asked(service: SegmentationService) ->
     assert _segment(service, threshold=0.5).foreground is None
     assert _segment(service, threshold=0.5, foreground_box=True).foreground == Box(8, 8, 32, 32)
     assert _segment(service, threshold=0.95, foreground_box=True).foreground == Box(0, 0, 0, 0)
+
+
+# --- the lanes, from the settings ---------------------------------------------------------------------------------
+
+def _settings(tiny_checkpoint: Path, **values: object) -> Settings:
+    return Settings(checkpoint=tiny_checkpoint, device="cpu", _env_file=None, **values)
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_checkpoint: Path) -> Segmenter:
+    return Segmenter.from_file(tiny_checkpoint, device="cpu", precision="fp32")
+
+
+def test_lanes_and_batches_follow_the_settings_and_the_device(tiny_checkpoint: Path, segmenter: Segmenter,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    service = SegmentationService(segmenter, _settings(tiny_checkpoint, model_lanes=3))
+    assert (service.runner.lanes, service.runner.max_batch) == (3, 1)  # on the CPU: one image a pass
+    service.close()
+    service = SegmentationService(segmenter, _settings(tiny_checkpoint, model_lanes=0))
+    assert service.runner.lanes == model_lanes(0, on_cpu=True)
+    service.close()
+    # on a GPU (only the device's name is read here): batches of 8 and one lane
+    monkeypatch.setattr(segmenter, "device", torch.device("cuda"))
+    service = SegmentationService(segmenter, _settings(tiny_checkpoint, model_lanes=0))
+    assert (service.runner.lanes, service.runner.max_batch) == (1, 8)
+    service.close()
+
+
+def test_the_queue_holds_max_queue_requests(tiny_checkpoint: Path, segmenter: Segmenter) -> None:
+    service = SegmentationService(segmenter, _settings(tiny_checkpoint, max_queue=1, model_lanes=1))
+    entered, gate = threading.Event(), threading.Event()
+    holder = threading.Thread(target=service.runner.call, args=(lambda: entered.set() or gate.wait(60),))
+    holder.start()
+    tensor = segmenter.preprocess(_photo())
+    try:
+        assert entered.wait(60)  # the only lane is busy
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(asyncio.run, service.runner.submit(tensor, 60))
+            for _ in range(6000):  # a bounded wait on a state, not on the clock
+                if service.runner.depth == 1:
+                    break
+                time.sleep(0.01)
+            with pytest.raises(ApiError) as refused:  # refused at once; a queued one would time out instead
+                asyncio.run(service.runner.submit(tensor, 1))
+            gate.set()
+            assert waiting.result().shape == (S, S)
+        assert (refused.value.status_code, refused.value.reason) == (503, "queue_full")
+    finally:
+        gate.set()
+        holder.join()
+        service.close()
+
+
+def test_each_pass_is_recorded_under_the_models_name(service: SegmentationService,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    passes: list[tuple[int, str]] = []
+    monkeypatch.setattr(metrics, "observe_batch", lambda size, seconds, model: passes.append((size, model)))
+    _segment(service, threshold=0.5)
+    assert passes == [(1, "default")]
+
+
+def test_warmup_runs_on_lane_0_with_every_core_and_returns_its_duration(tiny_checkpoint: Path,
+                                                                         segmenter: Segmenter,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = BatchRunner(lanes=1, cores=3)  # three cores: a thread count no lane starts with here
+    service = SegmentationService(segmenter, _settings(tiny_checkpoint), runner)
+    seen: list[tuple[tuple[int, ...], int, str]] = []
+    monkeypatch.setattr(segmenter, "warmup", lambda sizes: seen.append(
+        (tuple(sizes), torch.get_num_threads(), threading.current_thread().name)) or 0.0)
+    started = time.perf_counter()
+    seconds = service.warmup()
+    assert 0 < seconds <= time.perf_counter() - started
+    service.close()
+    assert seen == [((1, 1), 3, "petseg-model-0")]  # one lane: warmed once, with all three cores
 
 
 # --- the PNG answer ---------------------------------------------------------------------------------------------
