@@ -17,15 +17,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from starlette.requests import Request
 
 from app import metrics
 from app.batching import BatchRunner
 from app.compose import Box
 from app.config import Settings
 from app.errors import ApiError
+from app.imaging import DecodedImage
+from app.model_set import ModelSet
 from app.placement import parse_roi
 from app.rendering import RenderRequest
-from app.routes.segment import image_response
+from app.routes.segment import answer_format, image_response
 from app.schemas import ModelRef
 from app.service import SegmentationService, SegmentResult, model_lanes
 from models.engine.segmenter import Segmenter
@@ -183,6 +186,40 @@ def test_each_pass_is_recorded_under_the_models_name(service: SegmentationServic
     assert passes == [(1, "default")]
 
 
+def test_a_second_models_passes_are_recorded_under_its_name(tiny_checkpoint: Path, segmenter: Segmenter,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    other = Segmenter.from_file(tiny_checkpoint, device="cpu", precision="fp32")
+    service = SegmentationService(ModelSet({"default": segmenter, "other": other}),
+                                  _settings(tiny_checkpoint, model_lanes=1))
+    passes: list[tuple[int, str]] = []
+    monkeypatch.setattr(metrics, "observe_batch", lambda size, seconds, model: passes.append((size, model)))
+    try:
+        _segment(service, model="other")
+    finally:
+        service.close()
+    assert passes == [(1, "other")]
+
+
+def test_the_model_sees_a_draft_decode_unless_the_answer_paints_on_the_photo(
+        service: SegmentationService, monkeypatch: pytest.MonkeyPatch) -> None:
+    segmenter = service.segmenter
+    sides: list[tuple[int, int]] = []
+    real = segmenter.preprocess
+    monkeypatch.setattr(segmenter, "preprocess", lambda rgb: sides.append(rgb.shape[:2]) or real(rgb))
+    big = jpeg_bytes(np.full((8 * S, 8 * S, 3), 128, np.uint8))
+    _segment(service, "mask", data=big)
+    _segment(service, "cutout", data=big)
+    assert sides[0] < (8 * S, 8 * S) and min(sides[0]) >= S  # JPEG's reduced DCT scale, still >= the model's side
+    assert sides[1] == (8 * S, 8 * S)
+
+
+def test_a_photo_already_decoded_is_segmented_at_its_size(service: SegmentationService) -> None:
+    photo = _photo()
+    result = _segment(service, data=DecodedImage(photo, 2 * S, 2 * S, "png"), threshold=0.5)  # type: ignore[arg-type]
+    assert (result.width, result.height) == (2 * S, 2 * S)
+    np.testing.assert_array_equal(_png(result.mask_png), _png(_segment(service, threshold=0.5).mask_png))
+
+
 def test_warmup_runs_on_lane_0_with_every_core_and_returns_its_duration(tiny_checkpoint: Path,
                                                                          segmenter: Segmenter,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,6 +243,24 @@ def _result(**overrides: object) -> SegmentResult:
                         output_png=b"\x89PNG answer", inference_ms=12.345, media_type="image/png")
     values.update(overrides)
     return SegmentResult(**values)
+
+
+def _request(accept: str | None) -> Request:
+    headers = [(b"accept", accept.encode())] if accept is not None else []
+    return Request({"type": "http", "method": "POST", "path": "/segment", "headers": headers})
+
+
+@pytest.mark.parametrize(("format", "accept", "jpeg_possible", "expected"), [
+    ("png", "application/json", True, "png"),  # ?format= wins over the header
+    (None, None, True, "json"),
+    (None, "image/png", True, "png"),
+    (None, "image/jpeg", True, "jpeg"),
+    (None, "image/jpeg", False, "json"),  # a transparent rendering has no JPEG to offer
+    (None, "image/jpeg, image/png;q=0.5", False, "png"),
+])
+def test_the_answers_format_is_the_query_or_the_accept_header(format: str | None, accept: str | None,
+                                                              jpeg_possible: bool, expected: str) -> None:
+    assert answer_format(_request(accept), format, jpeg_possible) == expected
 
 
 def test_the_png_answer_carries_every_number_as_a_header() -> None:
