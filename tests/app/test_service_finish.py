@@ -178,12 +178,51 @@ def test_the_queue_holds_max_queue_requests(tiny_checkpoint: Path, segmenter: Se
         service.close()
 
 
-def test_each_pass_is_recorded_under_the_models_name(service: SegmentationService,
+def test_each_pass_is_recorded_under_the_models_name(tiny_checkpoint: Path, segmenter: Segmenter,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    service = SegmentationService(segmenter, _settings(tiny_checkpoint, model_lanes=1))
     passes: list[tuple[int, str]] = []
     monkeypatch.setattr(metrics, "observe_batch", lambda size, seconds, model: passes.append((size, model)))
-    _segment(service, threshold=0.5)
+    try:
+        _segment(service, threshold=0.5)
+    finally:
+        service.close()
     assert passes == [(1, "default")]
+
+
+@pytest.mark.parametrize(("cores", "on_cpu", "lanes"), [(1, True, 1), (2, True, 2), (3, True, 2), (4, True, 1),
+                                                        (2, False, 1)])
+def test_auto_lanes_are_two_on_a_cpu_with_two_or_three_cores(cores: int, on_cpu: bool, lanes: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.service.usable_cores", lambda: cores)
+    assert model_lanes(0, on_cpu) == lanes
+    assert model_lanes(5, on_cpu) == 5  # PETSEG_MODEL_LANES, when set, is taken as it is
+
+
+def test_load_opens_each_model_as_the_settings_say(tiny_checkpoint: Path, segmenter: Segmenter,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[tuple[str, dict]] = []
+
+    def open_segmenter(path: str, **kwargs: object) -> Segmenter:
+        opened.append((str(path), kwargs))
+        return segmenter
+    monkeypatch.setattr("app.service.open_segmenter", open_segmenter)
+    settings = _settings(tiny_checkpoint, runtime="torch", precision="fp32", compile="off", allow_untrained=True,
+                         calibration_data=tiny_checkpoint.parent, max_queue=3, model_lanes=1)
+    service = SegmentationService.load(settings)
+    try:
+        assert opened == [(str(tiny_checkpoint), dict(
+            runtime="torch", device="cpu", precision="fp32", compile="off", allow_untrained=True,
+            calibration=tiny_checkpoint.parent))]
+        assert service.segmenter is segmenter and service.runner.lanes == 1
+    finally:
+        service.close()
+
+
+def test_a_bad_background_image_is_refused_by_its_field_name(service: SegmentationService) -> None:
+    with pytest.raises(ApiError) as refused:
+        _segment(service, RenderRequest(output="cutout", background_image=b"not an image"))
+    assert refused.value.status_code in (400, 415) and refused.value.detail.startswith("background_image")
 
 
 def test_a_second_models_passes_are_recorded_under_its_name(tiny_checkpoint: Path, segmenter: Segmenter,
