@@ -203,8 +203,11 @@ def test_load_opens_each_model_as_the_settings_say(tiny_checkpoint: Path, segmen
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     opened: list[tuple[str, dict]] = []
 
+    loaded_on: list[threading.Thread] = []
+
     def open_segmenter(path: str, **kwargs: object) -> Segmenter:
         opened.append((str(path), kwargs))
+        loaded_on.append(threading.current_thread())
         return segmenter
     monkeypatch.setattr("app.service.open_segmenter", open_segmenter)
     settings = _settings(tiny_checkpoint, runtime="torch", precision="fp32", compile="off", allow_untrained=True,
@@ -215,6 +218,8 @@ def test_load_opens_each_model_as_the_settings_say(tiny_checkpoint: Path, segmen
             runtime="torch", device="cpu", precision="fp32", compile="off", allow_untrained=True,
             calibration=tiny_checkpoint.parent))]
         assert service.segmenter is segmenter and service.runner.lanes == 1
+        # the lane that loaded the model is the one that serves it (not a second runner built alike)
+        assert service.runner.call(threading.current_thread) is loaded_on[0]
     finally:
         service.close()
 
