@@ -30,6 +30,8 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from app.error_text import error_text
+
 __all__ = ["BatchResult", "ClientError", "Rendering", "ResultRow", "ServiceError", "format_table", "main", "match_ground_truths",
            "segment_files", "watch_folder"]
 
@@ -404,7 +406,7 @@ def watch_folder(client: httpx.Client, folder: Path, *, out: Path, rendering: Re
                 seen[photo].failed = True
                 continue
             except httpx.TransportError as exc:
-                report(f"petseg: {photo}: {_reason(exc)} (trying again)")
+                report(f"petseg: {photo}: {error_text(exc)} (trying again)")
                 continue
             done += 1
             report(format_table([row]).splitlines()[1])
@@ -432,12 +434,7 @@ def describe_transport_error(exc: httpx.TransportError, url: str, timeout: float
     # A connection that was made but not answered in time is not "unreachable": say so differently.
     if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
         return f"petseg at {url} did not answer within {timeout:g} s (see --timeout)"
-    return f"cannot reach petseg at {url}: {_reason(exc)}"
-
-
-def _reason(exc: Exception) -> str:
-    """The error's message, or its type when it has none (an exception is truthy even without text)."""
-    return str(exc) or type(exc).__name__
+    return f"cannot reach petseg at {url}: {error_text(exc)}"
 
 
 def make_client(url: str, api_key: str | None, timeout: float) -> httpx.Client:

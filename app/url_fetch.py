@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import anyio
 import httpx
 
+from app.error_text import error_text
 from app.errors import ApiError
 
 __all__ = ["MAX_REDIRECTS", "Resolver", "UrlFetcher", "UrlPolicy", "refusal_reason", "system_resolver"]
@@ -149,7 +150,7 @@ class UrlFetcher:
             raise ApiError(400, f"image_url: {url.host!r} sent nothing for {self.policy.read_timeout_s:g}s") \
                 from None
         except httpx.HTTPError as exc:
-            raise ApiError(400, f"image_url: cannot fetch from {url.host!r}: {_reason(exc)}") from None
+            raise ApiError(400, f"image_url: cannot fetch from {url.host!r}: {error_text(exc)}") from None
         try:
             if response.status_code in REDIRECT_STATUSES:
                 location = response.headers.get("location")
@@ -182,7 +183,7 @@ class UrlFetcher:
             raise ApiError(400, f"image_url: {url.host!r} sent nothing for {self.policy.read_timeout_s:g}s") \
                 from None
         except httpx.HTTPError as exc:
-            raise ApiError(400, f"image_url: the download from {url.host!r} failed: {_reason(exc)}") from None
+            raise ApiError(400, f"image_url: the download from {url.host!r} failed: {error_text(exc)}") from None
         return b"".join(chunks)
 
 
@@ -200,11 +201,6 @@ def _parse(text: str, redirected_from: httpx.URL | None = None) -> httpx.URL:
     if not url.host:
         raise ApiError(status, f"{where}: the URL has no host")
     return url
-
-
-def _reason(exc: Exception) -> str:
-    """The error's message, or its type when it has none (an exception is truthy even without text)."""
-    return str(exc) or type(exc).__name__
 
 
 def _port(url: httpx.URL) -> int:
