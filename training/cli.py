@@ -39,21 +39,32 @@ def setup_logging(verbose: bool = False) -> None:
                         format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
-def at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
+class at_least:  # noqa: N801 - used as argparse's type=at_least(1), like a function
+    """An argparse type: an integer >= ``minimum``. A class rather than a closure so that the command-line
+    reference (training.cli_reference) can name the bound, and argparse's error says "invalid integer value"."""
 
-    return parse
+    __name__ = "integer"
+
+    def __init__(self, minimum: int) -> None:
+        self.minimum = minimum
+
+    @property
+    def value_name(self) -> str:
+        return f"integer >= {self.minimum}"
+
+    def __call__(self, text: str) -> int:
+        value = int(text)
+        if value < self.minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {self.minimum}, got {value}")
+        return value
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     """Flags shared by train, evaluate and predict (the report's spellings plus kebab-case twins)."""
     parser.add_argument("--data_path", "--data-path", dest="data_path", default="dataset/oxford-iiit-pet",
                         help="dataset root in the official Oxford-IIIT Pet layout")
-    parser.add_argument("--batch_size", "--batch-size", "-b", dest="batch_size", type=at_least(1), default=8)
+    parser.add_argument("--batch_size", "--batch-size", "-b", dest="batch_size", type=at_least(1), default=8,
+                        help="images per batch")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--workers", type=at_least(0), default=2, help="DataLoader worker processes")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of a model, score a folder of label PNGs (petseg-pseudolabel's NAME.png, pet where "
                         ">= 128) against the split's trimaps: how good is a teacher on labelled photos?")
     p.add_argument("--net", "-n", default=None, help="expected architecture (checked against the checkpoint)")
-    p.add_argument("--split", choices=SPLITS, default="test")
+    p.add_argument("--split", choices=SPLITS, default="test", help="which split of the dataset to score")
     add_inference_flags(p)
     p.add_argument("--threshold", type=unit_interval, default=0.5, help="probability threshold in [0, 1]")
     p.add_argument("--border", choices=("checkpoint", "pet", "background"), default="checkpoint",

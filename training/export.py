@@ -3,7 +3,7 @@ an ONNX model (BatchNorm folded, fp32 or int8, dynamic batch/height/width, check
 
     python -m training.export --model runs/default/best.pt --out models/weights/default.pt --half \\
         --card training_data="Oxford-IIIT Pet sample: 3 breeds, 270 train images" licence="CC BY-SA 4.0"
-    python -m training.export --model runs/finetuned/last.pt --interpolate models/weights/default.pt:0.5 \
+    python -m training.export --model runs/finetuned/last.pt --interpolate models/weights/default.pt:0.5 \\
         --out models/weights/default.pt --half          # weight-space average of two runs (WiSE-FT)
     python -m training.export --model models/weights/default.pt --format onnx --out petseg.onnx
     python -m training.export --model models/weights/default.pt --format onnx --precision int8 \\
@@ -82,7 +82,7 @@ def interpolate_weights(checkpoint: Checkpoint, other: Checkpoint, share: float)
     return checkpoint
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="petseg-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="training checkpoint (best.pt or last.pt)")
@@ -103,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", nargs="*", default=[], metavar="KEY=NUMBER",
                    help="measured scores to record (e.g. val_dice=0.867; /model shows val_dice)")
     p.add_argument("--card", nargs="*", default=[], metavar="KEY=VALUE", help="model-card facts to embed")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.format == "onnx" and args.half:
         p.error("--half applies to checkpoints; the ONNX model is fp32 (or --precision int8)")

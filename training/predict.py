@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_inference_flags(p)
     p.add_argument("--overlay", action="store_true", help="also write <name>_overlay.png")
     p.add_argument("--grid", default=None, help="write an image | truth | prediction grid PNG here")
-    p.add_argument("--grid-rows", type=int, default=6)
+    p.add_argument("--grid-rows", type=int, default=6, help="how many photos the --grid PNG draws, spread over the run")
     p.add_argument("--limit", type=at_least(1), default=None, help="only the first N inputs (before sharding)")
     p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
                    help="take share I of N (0 <= I < N) of the inputs, by a hash of each name, so N "

@@ -48,7 +48,7 @@ UNREADABLE_NAME = "unreadable.txt"
 COMBINE_RULES = ("veto", "mean")
 
 
-def _triple(text: str) -> tuple[float, float, float]:
+def parse_triple(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(v) for v in text.replace(",", " ").split())
     except ValueError:
@@ -72,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a salient-object ONNX model (e.g. ISNet): a training-time tool, never served")
     teachers.add_argument("--teacher-size", type=at_least(1), default=None,
                           help="ONNX: the square side photos are resized to (default: the model's own)")
-    teachers.add_argument("--teacher-mean", type=_triple, default=(0.5, 0.5, 0.5),
+    teachers.add_argument("--teacher-mean", type=parse_triple, default=(0.5, 0.5, 0.5),
                           help="ONNX: per-channel mean on the 0-1 scale (default 0.5,0.5,0.5, ISNet's)")
-    teachers.add_argument("--teacher-std", type=_triple, default=(1.0, 1.0, 1.0),
+    teachers.add_argument("--teacher-std", type=parse_triple, default=(1.0, 1.0, 1.0),
                           help="ONNX: per-channel std on the 0-1 scale (default 1,1,1, ISNet's)")
     teachers.add_argument("--teacher-output", choices=OUTPUT_KINDS, default="probability",
                           help="ONNX: what the output holds (ISNet: probability)")

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_flags(p)
     p.add_argument("--epochs", "-e", type=positive_int, default=d.epochs, help="train up to this epoch")
     p.add_argument("--learning-rate", "--learning_rate", "-lr", dest="learning_rate", type=positive_float,
-                   default=d.learning_rate)
+                   default=d.learning_rate, help="Adam's learning rate (the peak, with --scheduler cosine)")
     p.add_argument("--net", "-n", type=architecture, default=d.net, help="unet or resnet34_unet")
     p.add_argument("--model", default=None,
                    help="checkpoint to resume from (weights, optimizer, schedule, epoch, history); "
@@ -87,16 +87,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=("auto", "fp32", "bf16", "fp16"), default=d.amp,
                    help="autocast: auto = bf16/fp16 on CUDA, fp32 on CPU; bf16 is fast on CPUs with AMX or "
                         "AVX512_BF16 (about 2x fp32 for ResNet34_UNet on an AMD EPYC Zen 4)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler)
-    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds weights, shuffling and augmentation")
+    p.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler,
+                   help="learning-rate schedule: constant (none) or cosine decay to the last epoch")
+    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs,
+                   help="linear learning-rate warm-up over this many epochs (fractions allowed)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 penalty on the weights (Adam's weight_decay)")
     p.add_argument("--clip-grad", type=float, default=d.clip_grad_norm, help="max grad norm; 0 disables")
-    p.add_argument("--augment", choices=AUGMENTATIONS, default=d.augment)
+    p.add_argument("--augment", choices=AUGMENTATIONS, default=d.augment,
+                   help="report = the lab report's flips, shifts and colour jitter; strong = harder, with crops, "
+                        "blur and greyscale; copy-paste = strong on pets pasted onto other photos' backgrounds")
     p.add_argument("--border", choices=("pet", "background", "ignore"), default="pet",
                    help="what the trimap's border pixels count as in the loss (the report: pet); ignore = "
                         "neither, so the model learns the outline it sees rather than a fat band")
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="keep tensors NCHW (channels_last is faster for convolutions on CPUs and GPUs)")
     p.add_argument("--no-cache", dest="cache", action="store_false", help="decode images every epoch")
     p.add_argument("--skip-bad", action="store_true", help="report and skip unreadable samples instead of failing")
     p.add_argument("--limit", type=positive_int, default=None, help="use only the first N images of each split")
