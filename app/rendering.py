@@ -175,9 +175,7 @@ def _zip(colour: np.ndarray, alpha: np.ndarray) -> Rendered:
 
 def _encode(array: np.ndarray, encoding: Encoding, is_mask: bool) -> Rendered:
     if encoding == "jpeg":
-        buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        return Rendered(buffer.getvalue(), "image/jpeg", None)
+        return Rendered(_jpeg(array), "image/jpeg", None)
     return Rendered(encode_mask_png(array) if is_mask else encode_png(array), "image/png", None)
 
 

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import io
+import zipfile
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from app.compose import Box, Length
+from app.compose import Box, Length, subject_box
 from app.errors import ApiError
+from app.imaging import encode_mask_png, encode_png
+from app.placement import Placement, parse_roi, place_subject
 from app.postprocess import to_full_size
 from app.rendering import RenderRequest, render, render_request
 from tests.app.helpers import assert_photo_where_visible, open_png
@@ -165,6 +168,8 @@ def test_crop_of_an_empty_mask_is_a_422() -> None:
         render(RenderRequest("mask", crop=True), nothing, np.zeros((16, 16), np.float32), None, threshold=0.5)
     assert info.value.status_code == 422
     assert info.value.detail.startswith("crop: no pet found in the image (at threshold 0.5)")
+    with pytest.raises(ApiError, match=r"\(at threshold 0.5\), so there is nothing to crop to; lower the threshold or leave crop out$"):
+        render(RenderRequest("mask", crop=True), nothing, np.zeros((16, 16), np.float32), None)  # the default
     with pytest.raises(ApiError) as info:  # the soft alpha ignores the threshold: the message says so
         render(RenderRequest("alpha", crop=True), nothing, np.zeros((16, 16), np.float32), PHOTO)
     assert info.value.detail.startswith("crop: no pet found in the image (anywhere in the soft alpha)")
@@ -210,8 +215,9 @@ def test_cutout_is_rgba_with_the_mask_as_alpha() -> None:
 def test_unknown_output_and_a_photo_of_another_size_are_programming_errors() -> None:
     with pytest.raises(ValueError, match="unknown output 'sketch'"):
         RenderRequest("sketch")
-    with pytest.raises(ValueError, match="need the full-size photo"):
+    with pytest.raises(ValueError) as info:
         render(RenderRequest("overlay"), RAMP_PREDICTION, RAMP, PHOTO[:10])
+    assert str(info.value) == "the photo is 64x10 but the mask 64x48: renderings need the full-size photo"
 
 
 # --- the matte (remove.bg's channels=alpha) -------------------------------------------------------------------
@@ -241,3 +247,108 @@ def test_a_soft_matte_is_the_alpha_of_output_alpha() -> None:
 def test_a_matte_is_only_of_a_transparent_cutout(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="matte"):
         RenderRequest(matte=True, **kwargs)
+
+
+# --- remove.bg's paths: roi, placement, the ZIP answer ----------------------------------------------------------
+
+def zip_members(data: bytes) -> dict[str, np.ndarray]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert all(info.compress_type == zipfile.ZIP_STORED for info in archive.infolist())
+        return {name: np.asarray(Image.open(io.BytesIO(archive.read(name)))) for name in archive.namelist()}
+
+
+def test_the_roi_clears_the_soft_alpha_outside_it() -> None:
+    """The photo is wider than high: a region given in percent must use each axis's own extent."""
+    request = RenderRequest("alpha", roi=parse_roi("25% 50% 75% 100%"))
+    assert request.roi_box(W, H) == Box(16, 24, 32, 24)
+    alpha = np.asarray(open_png(render(request, PREDICTION, PROB_SMALL, PHOTO).data))[..., 3]
+    whole = np.asarray(open_png(render(RenderRequest("alpha"), PREDICTION, PROB_SMALL, PHOTO).data))[..., 3]
+    inside = np.zeros((H, W), bool)
+    inside[24:48, 16:48] = True
+    np.testing.assert_array_equal(alpha[inside], whole[inside])
+    assert not alpha[~inside].any() and whole[~inside].any()
+
+
+def test_a_whole_photo_roi_is_no_roi_and_one_past_the_edge_is_remove_bgs_400() -> None:
+    assert RenderRequest("mask", roi=parse_roi("0% 0% 100% 100%")).roi_box(W, H) is None
+    assert RenderRequest("mask").roi_box(W, H) is None
+    with pytest.raises(ApiError) as info:
+        RenderRequest("mask", roi=parse_roi("0px 0px 10px 60px")).roi_box(W, H)
+    assert (info.value.status_code, info.value.code) == (400, "roi_exceeds_bounds")
+    assert info.value.detail == "roi: the region 0,0 to 10,60 reaches past the 64x48 photo"
+
+
+def test_a_placement_moves_the_cutout_and_reports_the_subjects_box() -> None:
+    placement = Placement(scale=0.5, position=(0.0, 1.0))
+    rendered = render(RenderRequest("cutout", placement=placement), PREDICTION, PROB_SMALL, PHOTO)
+    rgba = np.asarray(open_png(rendered.data))
+    moved_rgb, moved_alpha = place_subject(PHOTO, PREDICTION.mask, placement)
+    np.testing.assert_array_equal(rgba[..., 3], moved_alpha)
+    np.testing.assert_array_equal(rgba[..., :3][moved_alpha > 0], moved_rgb[moved_alpha > 0])
+    assert rendered.subject == subject_box(moved_alpha) and rendered.subject.x == 0
+    assert rendered.subject.y + rendered.subject.height == H  # bottom left, as position 0% 100% says
+
+
+def test_a_placement_leaves_a_mask_where_it_is_and_no_pet_has_an_empty_box() -> None:
+    placement = Placement(scale=0.5, position=(0.0, 0.0))
+    mask = render(RenderRequest("mask", crop=False, encoding="jpeg", placement=placement),
+                  PREDICTION, PROB_SMALL, PHOTO)
+    plain = render(RenderRequest("mask", encoding="jpeg"), PREDICTION, PROB_SMALL, PHOTO)
+    assert mask.data == plain.data and plain.subject is None
+    assert mask.subject == subject_box(PREDICTION.mask, level=127)  # where the pet is, not where it would go
+    nothing = to_full_size(np.zeros((16, 16), np.float32), (W, H), 0.5)
+    empty = render(RenderRequest("cutout", placement=placement), nothing, np.zeros((16, 16), np.float32), PHOTO)
+    assert empty.subject == Box(0, 0, 0, 0)
+
+
+def test_the_subject_box_is_where_the_soft_alpha_is_at_least_half_opaque(monkeypatch: pytest.MonkeyPatch) -> None:
+    alpha = np.zeros((H, W), np.uint8)
+    alpha[10:20, 10:20] = 255
+    alpha[10, 30] = 128  # half opaque: part of the subject
+    alpha[40, 10] = 127  # just under: not
+    monkeypatch.setattr("app.rendering.guided_upsample", lambda *args, **kwargs: alpha.copy())
+    rendered = render(RenderRequest("alpha", placement=Placement()), PREDICTION, PROB_SMALL, PHOTO)
+    np.testing.assert_array_equal(np.asarray(open_png(rendered.data))[..., 3], alpha)  # nothing moves
+    assert rendered.subject == Box(10, 10, 21, 10)
+
+
+def test_the_zip_holds_the_photos_colours_and_the_cutouts_alpha() -> None:
+    rendered = render(RenderRequest("cutout", encoding="zip"), PREDICTION, PROB_SMALL, PHOTO)
+    assert rendered.media_type == "application/zip" and rendered.box is None and rendered.subject is None
+    members = zip_members(rendered.data)
+    assert sorted(members) == ["alpha.png", "color.jpg"]
+    np.testing.assert_array_equal(members["alpha.png"], PREDICTION.mask)
+    colour = members["color.jpg"].astype(int)
+    assert colour.shape == (H, W, 3)
+    visible = PREDICTION.mask > 0
+    assert np.abs(colour[visible] - PHOTO[visible]).mean() < 12  # JPEG quality 90
+
+
+def test_a_zip_over_a_colour_is_opaque_and_a_matte_zip_holds_the_photo() -> None:
+    over_red = render(RenderRequest("cutout", background=(255, 0, 0), encoding="zip"),
+                      PREDICTION, PROB_SMALL, PHOTO)
+    members = zip_members(over_red.data)
+    assert (members["alpha.png"] == 255).all()
+    background = PREDICTION.mask == 0
+    assert np.abs(members["color.jpg"][background].astype(int) - (255, 0, 0)).mean() < 12
+    matte = zip_members(render(RenderRequest("cutout", matte=True, encoding="zip"),
+                               PREDICTION, PROB_SMALL, PHOTO).data)
+    np.testing.assert_array_equal(matte["alpha.png"], PREDICTION.mask)
+    assert np.abs(matte["color.jpg"].astype(int) - PHOTO).mean() < 12  # the whole photo, not the cutout
+
+
+def test_a_cropped_zip_says_its_box() -> None:
+    rendered = render(RenderRequest("cutout", crop=True, encoding="zip", placement=Placement()),
+                      PREDICTION, PROB_SMALL, PHOTO)
+    assert rendered.box == subject_box(PREDICTION.mask)
+    assert rendered.subject == Box(0, 0, rendered.box.width, rendered.box.height)
+    assert zip_members(rendered.data)["alpha.png"].shape == (rendered.box.height, rendered.box.width)
+
+
+def test_hard_edged_answers_use_the_mask_encoder_and_soft_ones_the_picture_encoder() -> None:
+    np.testing.assert_equal(render(RenderRequest("mask", crop=True), PREDICTION, PROB_SMALL, None).data,
+                            encode_mask_png(PREDICTION.mask[subject_box(PREDICTION.mask).slices()]))
+    assert render(RenderRequest("cutout", matte=True), PREDICTION, PROB_SMALL, None).data == \
+        encode_mask_png(PREDICTION.mask)
+    soft = render(RenderRequest("alpha", matte=True), PREDICTION, PROB_SMALL, PHOTO)
+    assert soft.data == encode_png(np.asarray(open_png(soft.data)))
