@@ -88,19 +88,19 @@ def _choice(fields: Mapping[str, Any], name: str, allowed: frozenset[str] | set[
 
 def parse_bg_color(text: str) -> Colour | TranslucentColour:
     """remove.bg's bg_color: hex of 3, 4, 6 or 8 digits with or without ``#`` (4 and 8 carry an opacity), or a
-    colour name (``green``)."""
+    colour name (``green``); a fully opaque colour is RGB."""
     digits = text[1:] if text.startswith("#") else text
     if len(digits) in (3, 4, 6, 8) and all(c in "0123456789abcdefABCDEF" for c in digits):
         if len(digits) in (3, 4):
             digits = "".join(2 * c for c in digits)
         values = tuple(int(digits[i:i + 2], 16) for i in range(0, len(digits), 2))
-        return values if len(values) == 4 and values[3] < 255 else values[:3]  # type: ignore[return-value]
-    try:
-        rgb = ImageColor.getrgb(text)
-    except ValueError:
-        raise RemoveBgError("invalid_bg_color", f"bg_color: {text!r} is not a colour: give hex (81d4fa, fff, "
-                                                f"81d4fa77) or a name (green)") from None
-    return rgb[:3]  # type: ignore[return-value]
+    else:
+        try:
+            values = ImageColor.getrgb(text)  # a name, or CSS's rgb()/rgba()/hsl(): rgba's opacity counts too
+        except ValueError:
+            raise RemoveBgError("invalid_bg_color", f"bg_color: {text!r} is not a colour: give hex (81d4fa, fff, "
+                                                    f"81d4fa77) or a name (green)") from None
+    return values if len(values) == 4 and values[3] < 255 else values[:3]  # type: ignore[return-value]
 
 
 def _crop_margin(text: str) -> str:
