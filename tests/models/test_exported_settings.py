@@ -1,0 +1,170 @@
+"""What the exported engine asks of ONNX Runtime and OpenVINO (threads, streams, providers, one session or
+compiled model per thread count, one infer request per thread), checked against recorders in place of the
+runtimes' objects: the behaviour the runtimes then give is in test_exported.py, which runs them for real."""
+from __future__ import annotations
+
+import logging
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from models.engine import exported
+from models.engine.exported import ExportedSegmenter, _OnnxRuntime, _OpenVino
+from models.engine.onnx_export import INPUT_NAME, OUTPUT_NAME
+from models.engine.runtime import use_intra_op_threads
+
+
+class FakeOrt:
+    """The part of the onnxruntime module the engine uses: options objects and sessions, recorded."""
+
+    GraphOptimizationLevel = SimpleNamespace(ORT_ENABLE_ALL="all")
+
+    def __init__(self) -> None:
+        self.sessions: list[tuple] = []
+
+    def SessionOptions(self) -> SimpleNamespace:  # noqa: N802 - onnxruntime's name
+        return SimpleNamespace()
+
+    def InferenceSession(self, path: str, options: SimpleNamespace, **kwargs: object) -> object:  # noqa: N802
+        self.sessions.append((path, vars(options), kwargs))
+        runs: list = []
+        return SimpleNamespace(runs=runs, run=lambda names, feed: runs.append((names, feed)) or [feed[INPUT_NAME] * 2])
+
+
+def onnxruntime_backend(fake: FakeOrt) -> _OnnxRuntime:
+    backend = _OnnxRuntime.__new__(_OnnxRuntime)
+    backend._ort, backend._model_file = fake, "model.onnx"
+    backend._sessions = exported._PerThreadCount(backend._session)
+    return backend
+
+
+def test_an_onnxruntime_session_uses_the_lanes_threads_and_the_cpu_provider() -> None:
+    fake = FakeOrt()
+    backend = onnxruntime_backend(fake)
+    inputs = np.ones((1, 3, 4, 4), np.float32)
+    np.testing.assert_array_equal(backend.run(inputs, 3), inputs * 2)
+    backend.run(inputs, 3)
+    backend.run(inputs, 1)
+    assert fake.sessions == [
+        ("model.onnx", {"graph_optimization_level": "all", "intra_op_num_threads": 3, "inter_op_num_threads": 1,
+                        "log_severity_level": 3}, {"providers": ["CPUExecutionProvider"]}),
+        ("model.onnx", {"graph_optimization_level": "all", "intra_op_num_threads": 1, "inter_op_num_threads": 1,
+                        "log_severity_level": 3}, {"providers": ["CPUExecutionProvider"]}),
+    ]  # one session per thread count, reused
+
+
+def test_an_onnxruntime_pass_asks_for_the_probability_output_by_name() -> None:
+    fake = FakeOrt()
+    backend = onnxruntime_backend(fake)
+    backend.run(np.zeros((1, 3, 2, 2), np.float32), 2)
+    session = backend._sessions.get(2)
+    (names, feed), = session.runs
+    assert names == [OUTPUT_NAME] and list(feed) == [INPUT_NAME]
+
+
+class FakeCompiled:
+    def __init__(self, config: dict) -> None:
+        self.config, self.requests = config, 0
+
+    def create_infer_request(self) -> SimpleNamespace:
+        self.requests += 1
+        data = np.full((1, 1, 2, 2), float(self.requests), np.float32)
+        tensor = SimpleNamespace(data=data)
+        return SimpleNamespace(infer=lambda feed: None, get_output_tensor=lambda index: tensor, data=data)
+
+
+def openvino_backend(monkeypatch: pytest.MonkeyPatch, cores: int) -> tuple[_OpenVino, list]:
+    compiled: list = []
+
+    def compile_model(model: object, device: str, config: dict) -> FakeCompiled:
+        compiled.append((model, device, config))
+        return FakeCompiled(config)
+
+    monkeypatch.setattr(exported, "usable_cores", lambda: cores)
+    backend = _OpenVino.__new__(_OpenVino)
+    backend._core, backend._model = SimpleNamespace(compile_model=compile_model), "the model"
+    backend._compiled = exported._PerThreadCount(backend._compile)
+    backend._requests = threading.local()
+    return backend, compiled
+
+
+@pytest.mark.parametrize(("cores", "threads", "streams"), [(8, 1, 8), (8, 2, 4), (8, 3, 2), (8, 16, 1), (2, 0, 2)])
+def test_openvino_fills_the_cores_with_streams_of_the_lanes_thread_count(monkeypatch: pytest.MonkeyPatch,
+                                                                          cores: int, threads: int,
+                                                                          streams: int) -> None:
+    backend, compiled = openvino_backend(monkeypatch, cores)
+    backend._compile(threads)
+    assert compiled == [("the model", "CPU", {"NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams * threads,
+                                              "INFERENCE_PRECISION_HINT": "f32", "ENABLE_CPU_PINNING": False})]
+    assert type(compiled[0][2]["NUM_STREAMS"]) is int
+
+
+def test_openvino_keeps_one_infer_request_per_thread_and_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    backend, compiled = openvino_backend(monkeypatch, 4)
+    inputs = np.zeros((1, 3, 2, 2), np.float32)
+    first = backend.run(inputs, 2)
+    assert backend.run(inputs, 2)[0, 0, 0, 0] == first[0, 0, 0, 0] == 1.0  # the same request again
+    assert backend.run(inputs, 1)[0, 0, 0, 0] == 1.0 and len(compiled) == 2  # another count: its own model
+    other: list = []
+    worker = threading.Thread(target=lambda: other.append(backend.run(inputs, 2)))
+    worker.start()
+    worker.join()
+    assert other[0][0, 0, 0, 0] == 2.0 and len(compiled) == 2  # another thread: its own request, same model
+    first[:] = 7  # the answer is a copy: the next pass cannot overwrite what a caller holds
+    assert backend.run(inputs, 2)[0, 0, 0, 0] == 1.0
+
+
+def segmenter_with(backend: object, image_size: int = 8) -> ExportedSegmenter:
+    segmenter = ExportedSegmenter.__new__(ExportedSegmenter)
+    segmenter.runtime, segmenter.precision, segmenter.device = "openvino", "int8", torch.device("cpu")
+    segmenter.image_size, segmenter._backend, segmenter._scratch = image_size, backend, None
+    segmenter.checkpoint = SimpleNamespace(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    return segmenter
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def run(self, inputs: np.ndarray, threads: int) -> np.ndarray:
+        self.calls.append((inputs.shape, inputs.dtype, threads))
+        return np.zeros((inputs.shape[0], 1, *inputs.shape[2:]), np.float32)
+
+
+@pytest.mark.parametrize(("threads", "word"), [(1, "1 thread)"), (2, "2 threads)")])
+def test_warm_up_runs_each_batch_size_once_on_the_lanes_threads(threads: int, word: str,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    backend = Recorder()
+    segmenter = segmenter_with(backend)
+    use_intra_op_threads(threads)
+    try:
+        with caplog.at_level(logging.INFO, logger=exported.__name__):
+            elapsed = segmenter.warmup((4, 1, 4))
+    finally:
+        use_intra_op_threads(torch.get_num_threads())
+    assert backend.calls == [((4, 3, 8, 8), np.float32, threads), ((1, 3, 8, 8), np.float32, threads)]
+    assert elapsed >= 0.0
+    message = caplog.records[-1].getMessage()
+    assert message.startswith(f"warm-up on openvino cpu (int8, {word} took ") and message.endswith("s")
+    backend.calls.clear()
+    segmenter.warmup()
+    assert [call[0] for call in backend.calls] == [(1, 3, 8, 8)]
+
+
+def test_a_scratch_folder_is_made_once_and_named_for_petseg() -> None:
+    segmenter = segmenter_with(Recorder())
+    folder = segmenter._scratch_dir()
+    assert folder.is_dir() and folder.name.startswith("petseg-onnx-") and segmenter._scratch_dir() == folder
+
+
+@pytest.mark.parametrize(("runtime", "precision", "message"), [
+    ("tensorrt", "fp32", "unknown exported runtime 'tensorrt'; expected one of onnxruntime, openvino"),
+    ("openvino", "bf16", "openvino runs fp32 or int8, not 'bf16'"),
+])
+def test_a_runtime_or_precision_it_cannot_run_is_refused_by_name(runtime: str, precision: str, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        ExportedSegmenter(SimpleNamespace(), runtime=runtime, precision=precision)  # type: ignore[arg-type]
+    assert str(info.value) == message
