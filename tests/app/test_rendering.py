@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.compose import Box, Length, subject_box
+from app.compose import Box, Length, Margin, subject_box
 from app.errors import ApiError
 from app.imaging import encode_mask_png, encode_png
 from app.placement import Placement, parse_roi, place_subject
@@ -56,7 +56,7 @@ def test_blank_text_fields_count_as_not_given() -> None:
 
 
 def test_every_bad_value_names_its_field() -> None:
-    assert "not one of" in refused("output", output="sketch")
+    assert refused("output", output="sketch") == "output: 'sketch' is not one of mask, probability, overlay, cutout, alpha"
     assert "not a colour" in refused("background", output="cutout", background="blue")
     assert "not a margin" in refused("crop_margin", crop=True, crop_margin="5em")
 
@@ -80,7 +80,9 @@ def test_contradictions_are_refused() -> None:
 
 @pytest.mark.parametrize("output", ["cutout", "alpha"])
 def test_jpeg_cannot_hold_transparency(output: str) -> None:
-    assert "cannot hold the transparent" in refused("format", output=output, encoding="jpeg")
+    assert refused("format", output=output, encoding="jpeg") == (
+        f"format: a JPEG cannot hold the transparent background of output={output}; add background=#RRGGBB "
+        "(or a background_image), or ask for format=png")
     assert render_request(output, background="#ffffff", encoding="jpeg").encoding == "jpeg"
     assert render_request(output, background_image=b"a photo", encoding="jpeg").encoding == "jpeg"
 
@@ -153,6 +155,9 @@ def test_crop_cuts_every_output_to_the_pet() -> None:
         assert decode(rendered.data).size == (expected.width, expected.height), output
     mask = np.asarray(decode(render(RenderRequest("mask", crop=True), PREDICTION, PROB_SMALL, PHOTO).data))
     np.testing.assert_array_equal(mask, PREDICTION.mask[expected.slices()])
+    wider = render(RenderRequest("mask", crop=True, crop_margin=Margin(*(Length(2, False),) * 4)),
+                   PREDICTION, PROB_SMALL, PHOTO)
+    assert wider.box == Box(expected.x - 2, expected.y - 2, expected.width + 4, expected.height + 4)
 
 
 def test_crop_of_the_soft_alpha_keeps_every_visible_pixel() -> None:
@@ -172,7 +177,9 @@ def test_crop_of_an_empty_mask_is_a_422() -> None:
         render(RenderRequest("mask", crop=True), nothing, np.zeros((16, 16), np.float32), None)  # the default
     with pytest.raises(ApiError) as info:  # the soft alpha ignores the threshold: the message says so
         render(RenderRequest("alpha", crop=True), nothing, np.zeros((16, 16), np.float32), PHOTO)
-    assert info.value.detail.startswith("crop: no pet found in the image (anywhere in the soft alpha)")
+    assert info.value.detail == ("crop: no pet found in the image (anywhere in the soft alpha), so there is nothing "
+                                 "to crop to; leave crop out")
+    assert (info.value.status_code, info.value.code) == (422, "unknown_foreground")  # remove.bg's code
 
 
 # --- each output, exactly -------------------------------------------------------------------------------------
@@ -245,8 +252,9 @@ def test_a_soft_matte_is_the_alpha_of_output_alpha() -> None:
                                     {"output": "cutout", "background": (0, 0, 0)},
                                     {"output": "alpha", "background_image": b"png"}])
 def test_a_matte_is_only_of_a_transparent_cutout(kwargs: dict) -> None:
-    with pytest.raises(ValueError, match="matte"):
+    with pytest.raises(ValueError) as info:
         RenderRequest(matte=True, **kwargs)
+    assert str(info.value) == "a matte is the alpha of output=cutout or alpha, with no background"
 
 
 # --- remove.bg's paths: roi, placement, the ZIP answer ----------------------------------------------------------
@@ -335,6 +343,13 @@ def test_a_zip_over_a_colour_is_opaque_and_a_matte_zip_holds_the_photo() -> None
                                PREDICTION, PROB_SMALL, PHOTO).data)
     np.testing.assert_array_equal(matte["alpha.png"], PREDICTION.mask)
     assert np.abs(matte["color.jpg"].astype(int) - PHOTO).mean() < 12  # the whole photo, not the cutout
+
+
+def test_a_zip_over_a_see_through_colour_keeps_the_colours_opacity() -> None:
+    members = zip_members(render(RenderRequest("cutout", background=(255, 0, 0, 128), encoding="zip"),
+                                 PREDICTION, PROB_SMALL, PHOTO).data)
+    background = PREDICTION.mask == 0
+    assert (members["alpha.png"][background] == 128).all() and (members["alpha.png"][~background] == 255).all()
 
 
 def test_a_cropped_zip_says_its_box() -> None:
