@@ -14,7 +14,6 @@ import torch
 from models.engine import exported
 from models.engine.exported import ExportedSegmenter, _OnnxRuntime, _OpenVino
 from models.engine.onnx_export import INPUT_NAME, OUTPUT_NAME
-from models.engine.runtime import use_intra_op_threads
 
 
 class FakeOrt:
@@ -136,15 +135,15 @@ class Recorder:
 
 @pytest.mark.parametrize(("threads", "word"), [(1, "1 thread)"), (2, "2 threads)")])
 def test_warm_up_runs_each_batch_size_once_on_the_lanes_threads(threads: int, word: str,
-                                                                caplog: pytest.LogCaptureFixture) -> None:
+                                                                caplog: pytest.LogCaptureFixture,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # the lane's count as models.engine.runtime reports it (setting torch's own would start a thread pool that a
+    # process forked afterwards, as mutation testing does, cannot use)
+    monkeypatch.setattr(exported, "intra_op_threads", lambda: threads)
     backend = Recorder()
     segmenter = segmenter_with(backend)
-    use_intra_op_threads(threads)
-    try:
-        with caplog.at_level(logging.INFO, logger=exported.__name__):
-            elapsed = segmenter.warmup((4, 1, 4))
-    finally:
-        use_intra_op_threads(torch.get_num_threads())
+    with caplog.at_level(logging.INFO, logger=exported.__name__):
+        elapsed = segmenter.warmup((4, 1, 4))
     assert backend.calls == [((4, 3, 8, 8), np.float32, threads), ((1, 3, 8, 8), np.float32, threads)]
     assert elapsed >= 0.0
     message = caplog.records[-1].getMessage()
