@@ -20,9 +20,7 @@ from training.train import (
     architecture,
     ema_decay,
     fold_number,
-    non_negative_int,
     positive_float,
-    positive_int,
 )
 
 __all__ = ["COMMANDS", "render_page"]
@@ -39,8 +37,8 @@ COMMANDS: tuple[tuple[str, str], ...] = (
 
 # The reader's name for each argparse type the tools use; a new type without a name here is an error, not a blank.
 VALUE_NAMES: dict[Callable[[str], object], str] = {
-    int: "integer", float: "number", unit_interval: "number in [0, 1]", positive_int: "integer >= 1",
-    non_negative_int: "integer >= 0", positive_float: "number > 0", ema_decay: "number in [0, 1)",
+    int: "integer", float: "number", unit_interval: "number in [0, 1]", positive_float: "number > 0",
+    ema_decay: "number in [0, 1)",
     fold_number: "integer or `none`", architecture: "`unet` or `resnet34_unet`", parse_shard: "`I/N` or `auto/N`",
     parse_triple: "three numbers (`0.5,0.5,0.5`)",
 }

@@ -21,24 +21,10 @@ log = logging.getLogger("training.train")
 MIN_IMAGE_SIZE = 32  # below it the deepest feature map of the ResNet-34 encoder would be smaller than a pixel
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -70,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="petseg-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(p)
-    p.add_argument("--epochs", "-e", type=positive_int, default=d.epochs, help="train up to this epoch")
+    p.add_argument("--epochs", "-e", type=at_least(1), default=d.epochs, help="train up to this epoch")
     p.add_argument("--learning-rate", "--learning_rate", "-lr", dest="learning_rate", type=positive_float,
                    default=d.learning_rate, help="Adam's learning rate (the peak, with --scheduler cosine)")
     p.add_argument("--net", "-n", type=architecture, default=d.net, help="unet or resnet34_unet")
@@ -104,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep tensors NCHW (channels_last is faster for convolutions on CPUs and GPUs)")
     p.add_argument("--no-cache", dest="cache", action="store_false", help="decode images every epoch")
     p.add_argument("--skip-bad", action="store_true", help="report and skip unreadable samples instead of failing")
-    p.add_argument("--limit", type=positive_int, default=None, help="use only the first N images of each split")
-    p.add_argument("--folds", type=positive_int, default=d.folds,
+    p.add_argument("--limit", type=at_least(1), default=None, help="use only the first N images of each split")
+    p.add_argument("--folds", type=at_least(1), default=d.folds,
                    help="cross-validation: trainval is cut into this many folds by index %% folds")
     p.add_argument("--fold", type=fold_number, default=d.fold,
                    help="the fold held out for validation (0..folds-1); --folds 10 --fold 0 is the lab's split; "
@@ -132,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--teacher-labels", default=None, help="folder of their label PNGs (and teacher.json)")
     teacher.add_argument("--teacher-confidence", type=float, default=d.teacher_confidence,
                          help="teacher pixels with a probability between 1 - c and c are left out of the loss")
-    teacher.add_argument("--teacher-edge-band", type=non_negative_int, default=d.teacher_edge_band,
+    teacher.add_argument("--teacher-edge-band", type=at_least(0), default=d.teacher_edge_band,
                          help="pixels each side of the teacher's outline left out of the loss, so the trimaps "
                               "alone teach where the border band goes")
     teacher.add_argument("--teacher-grow", type=float, default=d.teacher_grow, metavar="SHARE",
@@ -141,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "(0.008 on ISNet's labels; 0 = the teacher's own outline)")
     teacher.add_argument("--teacher-weight", type=positive_float, default=d.teacher_weight,
                          help="a teacher-labelled image's weight in the loss (a labelled image's is 1)")
-    teacher.add_argument("--labelled-repeat", type=positive_int, default=d.labelled_repeat,
+    teacher.add_argument("--labelled-repeat", type=at_least(1), default=d.labelled_repeat,
                          help="show the labelled photos this many times an epoch beside the teacher-labelled ones")
-    teacher.add_argument("--teacher-holdout", type=non_negative_int, default=d.teacher_holdout,
+    teacher.add_argument("--teacher-holdout", type=at_least(0), default=d.teacher_holdout,
                          help="keep 1 in N teacher-labelled photos (by a hash of the name) out of training, to "
                               "measure the student against its teacher on photos it never saw; 0 = none")
     p.add_argument("--download", action="store_true", help="fetch the official archives into --data_path first")
