@@ -3,7 +3,9 @@ crops, the worst-image grid, the summary it prints, and what the command line ha
 from __future__ import annotations
 
 import json
+import logging
 import math
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +18,7 @@ from models.engine.ensemble import EnsembleSegmenter
 from models.engine.segmenter import SegmenterBase
 from tests.factories import make_checkpoint, make_pet_dataset
 from training import evaluate
+from training.copy_paste import least_pet_window
 from training.data import list_split, load_pair
 from training.images import trimap_to_mask
 from training.metrics import SegmentationMetrics
@@ -146,6 +149,33 @@ def test_pet_free_crops_hold_no_pet_and_their_choice_follows_the_seed(dataset: P
     assert 0.0 < default["pet_fraction"] < 1.0
 
 
+def test_each_photo_gives_the_window_of_sixteen_that_overlaps_the_pet_least(dataset: Path) -> None:
+    samples = list_split(dataset, "train", fold=None)
+    dim = Brightness(scale=255 / 40)
+    rng, expected = np.random.default_rng(0), []
+    for sample in samples:  # the documented rule, step by step
+        image, trimap = load_pair(sample)
+        x, y, w, h = least_pet_window((trimap != 2).astype(np.uint8), rng, tries=16)
+        if (trimap[y:y + h, x:x + w] == 2).all():
+            expected.append(float((dim.predict(image[y:y + h, x:x + w]) > 0.5).mean()))
+    found = evaluate.background_false_positives(dim, samples)
+    assert found["crops"] == len(expected) > 0 and found["pet_fraction"] == pytest.approx(np.mean(expected))
+
+
+class TenthPet(SegmenterBase):
+    """Takes exactly a tenth of any crop for a pet."""
+
+    def predict(self, image, output_size=None):  # noqa: ANN001, ANN201
+        answer = np.zeros((10, 10), np.float32)
+        answer[0] = 1.0
+        return answer
+
+
+def test_a_crop_counts_as_a_failure_only_over_a_tenth(dataset: Path) -> None:
+    found = evaluate.background_false_positives(TenthPet(), list_split(dataset, "train", fold=None))
+    assert found["pet_fraction"] == pytest.approx(0.1) and found["crops_over_10pct"] == 0.0
+
+
 class Constant(SegmenterBase):
     def __init__(self, value: float) -> None:
         self.value = value
@@ -176,14 +206,17 @@ def test_the_worst_grid_draws_photo_truth_and_the_models_mask(dataset: Path, tmp
     monkeypatch.setattr(evaluate, "save_comparison_grid", lambda rows, path, title: drawn.append((rows, path, title)))
     sample = list_split(dataset, "test")[0]
     evaluate.draw_worst([(sample, 0.12345, Constant(0.5))], tmp_path / "g.png", False, "valid: worst")
-    (rows, path, title), = drawn
+    evaluate.draw_worst([(sample, 0.5, Constant(0.7))], tmp_path / "h.png", True, "pet")
+    (rows, path, title), (pet_rows, _, _) = drawn
     (label, image, truth, pred), = rows
     trimap = load_pair(sample)[1]
     assert (label, path, title) == (f"{sample.name}  Dice 0.123", tmp_path / "g.png", "valid: worst")
     np.testing.assert_array_equal(truth, trimap_to_mask(trimap, False))
+    np.testing.assert_array_equal(pet_rows[0][2], trimap_to_mask(trimap, True))
     assert image.shape[:2] == trimap.shape and not pred.any()  # 0.5 is not over the threshold
+    assert pet_rows[0][3].all()
     evaluate.draw_worst([], tmp_path / "none.png", True, "nothing")
-    assert len(drawn) == 1  # no rows, no grid
+    assert len(drawn) == 2  # no rows, no grid
 
 
 def test_the_summary_prints_each_breed_and_the_five_worst(capsys: pytest.CaptureFixture) -> None:
@@ -227,6 +260,7 @@ def test_labels_are_scored_border_as_pet_by_default_and_a_missing_one_is_skipped
     assert result.scored.names == [s.name for s in samples[1:]]
     trimap = load_pair(samples[1])[1]
     assert result.scored.dice[0] == pytest.approx(dice(trimap == 1, trimap != 2))
+    assert result.border_ignored.dice == pytest.approx([1.0] * 4)  # the labels miss only the border band
     assert evaluate.evaluate_labels(samples, labels, border_is_pet=False).scored.dice == pytest.approx([1.0] * 4)
 
 
@@ -242,7 +276,8 @@ def test_a_label_of_another_size_is_named_with_both_sizes(dataset: Path, tmp_pat
 
 
 def test_the_label_report_names_its_folder_split_fold_and_teacher(dataset: Path, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
     samples = list_split(dataset, "valid", 5, 2)
     labels = write_labels(tmp_path / "labels", list_split(dataset, "train", fold=None))
     (labels / "teacher.json").write_text(json.dumps({"teacher": {"onnx": "isnet.onnx"}, "other": 1}))
@@ -254,12 +289,17 @@ def test_the_label_report_names_its_folder_split_fold_and_teacher(dataset: Path,
     assert (report["labels"], report["split"], report["data_path"]) == (str(labels), "valid", str(dataset))
     assert report["border_is_pet"] is False and report["dice"] == pytest.approx(1.0)
     assert report["teacher"] == {"onnx": "isnet.onnx"}
+    assert capsys.readouterr().out.startswith(f"valid: {len(samples)} images  Dice 1.0000")
     assert evaluate.main(["--labels", str(labels), "--data_path", str(dataset), "--split", "valid",
-                          "--holdout-breed", "beagle", "--overwrite", "--worst", "1"]) == 0
-    report = json.loads((tmp_path / "eval_labels_valid.json").read_text())
-    assert report["per_image"] and all(name.startswith("beagle_") for name in report["per_image"])
-    assert report["border_is_pet"] is True and len(report["worst"]) == 1
+                          "--holdout-breed", "Abyssinian", "--worst", "1", "--out", "abyssinian.json"]) == 0
+    report = json.loads((tmp_path / "abyssinian.json").read_text())
+    assert sorted(report["per_image"]) == sorted(s.name for s in list_split(dataset, "valid", holdout_breed="Abyssinian"))
+    assert report["border_is_pet"] is True and report["dice"] < 0.99 and len(report["worst"]) == 1
     assert evaluate.main(["--labels", str(labels), "--data_path", str(dataset), "--split", "valid"]) == 2
+    assert f"{tmp_path / 'eval_labels_valid.json'} exists: pass --overwrite to replace it, or another --out" in \
+        capsys.readouterr().err
+    assert evaluate.main(["--labels", str(labels), "--data_path", str(dataset), "--split", "valid",
+                          "--overwrite"]) == 0
 
 
 def test_labels_that_are_no_folder_or_cover_no_photo_are_refused(dataset: Path, tmp_path: Path,
@@ -284,9 +324,11 @@ def test_a_model_run_reports_how_it_was_scored(dataset: Path, checkpoint: Path, 
                                                monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
-    assert evaluate.main(["--model", str(checkpoint), "--data_path", str(dataset), "--split", "valid", "--folds", "5",
-                          "--fold", "2", "--threshold", "0.4", "--border", "background", "--min-blob-ratio", "0.2",
-                          "--worst", "1", *TORCH_FP32]) == 0
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: a progress bar
+    flags = ["--model", str(checkpoint), "--data_path", str(dataset), "--split", "valid", "--folds", "5", "--fold",
+             "2", "--threshold", "0.4", "--border", "background", "--min-blob-ratio", "0.2", "--worst", "1",
+             *TORCH_FP32]
+    assert evaluate.main(flags) == 0
     report = json.loads((tmp_path / "eval_valid.json").read_text())
     samples = list_split(dataset, "valid", 5, 2)
     facts = {key: report[key] for key in ("checkpoint", "arch", "split", "data_path", "threshold", "border_is_pet",
@@ -299,7 +341,12 @@ def test_a_model_run_reports_how_it_was_scored(dataset: Path, checkpoint: Path, 
         ["--model", str(checkpoint), "--threshold", "0.4", "--min-blob-ratio", "0.2", *TORCH_FP32]), checkpoint, 2)
     again = evaluate.evaluate(segmenter, samples, threshold=0.4, border_is_pet=False, progress=False)
     assert report["per_image"] == dict(zip(again.scored.names, again.scored.dice, strict=True))
-    assert capsys.readouterr().out.startswith(f"valid: {len(samples)} images  Dice {report['dice']:.4f}")
+    printed = capsys.readouterr()
+    assert printed.out.startswith(f"valid: {len(samples)} images  Dice {report['dice']:.4f}")
+    assert "evaluate valid" in printed.err
+    assert evaluate.main(flags) == 2  # the report is there: refused before any work
+    assert f"{tmp_path / 'eval_valid.json'} exists: pass --overwrite" in capsys.readouterr().err
+    assert evaluate.main([*flags, "--overwrite"]) == 0
 
 
 def test_the_border_follows_the_checkpoint_unless_told(dataset: Path, checkpoint: Path, tmp_path: Path) -> None:
@@ -339,6 +386,19 @@ def test_the_engine_is_warmed_for_the_batches_it_will_run(dataset: Path, checkpo
         assert evaluate.main(["--model", str(checkpoint), "--data_path", str(dataset), "--limit", limit,
                               "--batch-size", batch, "--out", str(tmp_path / f"{limit}.json"), *TORCH_FP32]) == 0
         assert warmed.pop() == expected
+    assert evaluate.main(["--model", str(checkpoint), "--data_path", str(dataset), "--limit", "1",
+                          "--out", str(tmp_path / "1.json"), *TORCH_FP32]) == 0
+    assert warmed.pop() == (1,)  # one photo: a batch of one
+
+
+def test_a_held_out_breed_is_scored_alone(dataset: Path, checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "breed.json"
+    assert evaluate.main(["--model", str(checkpoint), "--data_path", str(dataset), "--split", "valid",
+                          "--holdout-breed", "Abyssinian", "--out", str(out), "--runtime", "torch", "--precision",
+                          "fp32", "--device", "cpu", "--compile", "auto"]) == 0  # auto: too few photos to compile
+    report = json.loads(out.read_text())
+    assert sorted(report["per_image"]) == sorted(s.name for s in list_split(dataset, "valid",
+                                                                            holdout_breed="Abyssinian"))
 
 
 def test_a_checkpoint_of_another_architecture_than_net_says_is_refused(dataset: Path, checkpoint: Path,
@@ -359,12 +419,14 @@ def test_model_and_labels_go_one_at_a_time(dataset: Path, checkpoint: Path, tmp_
         with pytest.raises(SystemExit) as info:
             evaluate.main(args)
         assert info.value.code == 2
-        assert "give --model CKPT (a model to evaluate) or --labels DIR" in capsys.readouterr().err
+        assert "error: give --model CKPT (a model to evaluate) or --labels DIR (label PNGs to score), one of them\n" \
+            in capsys.readouterr().err
 
 
 def test_against_the_teacher_hands_its_settings_on_and_reports_them(tmp_path: Path, checkpoint: Path,
                                                                     monkeypatch: pytest.MonkeyPatch,
-                                                                    capsys: pytest.CaptureFixture) -> None:
+                                                                    capsys: pytest.CaptureFixture,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
     import training.teacher_agreement as agreement
 
     images, labels = tmp_path / "photos", tmp_path / "labels"
@@ -377,24 +439,28 @@ def test_against_the_teacher_hands_its_settings_on_and_reports_them(tmp_path: Pa
     names = held_out_names(labels, 4)
     calls: dict = {}
     engine = SimpleNamespace(name="engine")
-    monkeypatch.setattr(evaluate, "open_engine", lambda args, model, count: calls.update(open=(model, count)) or engine)
+    monkeypatch.setattr(evaluate, "open_engine",
+                        lambda args, model, count: calls.update(open=(args.threshold, model, count)) or engine)
 
     def score(segmenter, images_, labels_, names_, *, threshold, edge_band, progress):  # noqa: ANN001, ANN202
         calls["score"] = (segmenter, images_, labels_, names_, threshold, edge_band, progress)
         metrics = SegmentationMetrics()
         metrics.names += names_
-        metrics.dice += [0.9 if n.startswith("pug") else 0.5 for n in names_]
+        metrics.dice += [0.5 if n.startswith("pug") else 0.9 for n in names_]  # by name, Sphynx sorts first
         metrics.iou += [0.8] * len(names_)
         return metrics
 
     monkeypatch.setattr(agreement, "score_against_teacher", score)
     monkeypatch.setattr(agreement, "worst_per_breed_grid", lambda *args: calls.update(grid=args))
     monkeypatch.chdir(tmp_path)
-    assert evaluate.main(["--model", str(checkpoint), "--teacher-images", str(images), "--teacher-labels",
-                          str(labels), "--teacher-holdout", "4", "--threshold", "0.3", "--edge-band", "3",
-                          "--worst", "2", "--worst-grid", "grid.png"]) == 0
-    assert calls["open"] == (str(checkpoint), len(names))
-    assert calls["score"] == (engine, images, labels, names, 0.3, 3, False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: progress bars on
+    with caplog.at_level(logging.INFO, logger="training.evaluate"):
+        assert evaluate.main(["--model", str(checkpoint), "--teacher-images", str(images), "--teacher-labels",
+                              str(labels), "--teacher-holdout", "4", "--threshold", "0.3", "--edge-band", "3",
+                              "--worst", "2", "--worst-grid", "grid.png"]) == 0
+    assert f"report written to {tmp_path / 'eval_teacher.json'}" in caplog.messages
+    assert calls["open"] == (0.3, str(checkpoint), len(names))
+    assert calls["score"] == (engine, images, labels, names, 0.3, 3, True)
     assert calls["grid"][0] is engine and calls["grid"][2:] == (images, labels, Path("grid.png"), 0.3)
     assert calls["grid"][1].names == names
     report = json.loads((tmp_path / "eval_teacher.json").read_text())
@@ -402,16 +468,16 @@ def test_against_the_teacher_hands_its_settings_on_and_reports_them(tmp_path: Pa
                                          "threshold", "images")} == {
         "checkpoint": str(checkpoint), "teacher_labels": str(labels), "teacher_holdout": 4, "edge_band": 3,
         "threshold": 0.3, "images": len(names)}
-    share_sphynx = sum(n.startswith("Sphynx") for n in names) / len(names)
-    assert report["below_0.7"] == pytest.approx(share_sphynx) and len(report["worst"]) == 2
-    assert report["per_image"] == {n: (0.9 if n.startswith("pug") else 0.5) for n in names}
+    share_pug = sum(n.startswith("pug") for n in names) / len(names)
+    assert report["below_0.7"] == pytest.approx(share_pug) and len(report["worst"]) == 2
+    assert report["per_image"] == {n: (0.5 if n.startswith("pug") else 0.9) for n in names}
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == (f"against the teacher on {len(names)} held-out photos: Dice {report['dice']:.4f}  "
-                        f"under 0.7: {share_sphynx:.1%}")
-    assert lines[1].startswith("  Sphynx: Dice 0.5000 over") and lines[2].startswith("  pug: Dice 0.9000 over")
+                        f"under 0.7: {share_pug:.1%}")
+    assert lines[1].startswith("  pug: Dice 0.5000 over") and lines[2].startswith("  Sphynx: Dice 0.9000 over")
     assert evaluate.main(["--model", str(checkpoint), "--teacher-images", str(images), "--teacher-labels",
-                          str(labels), "--teacher-holdout", "4", "--limit", "1", "--overwrite"]) == 0
-    assert json.loads((tmp_path / "eval_teacher.json").read_text())["images"] == 1
+                          str(labels), "--teacher-holdout", "4", "--limit", "1", "--out", "one.json"]) == 0
+    assert json.loads((tmp_path / "one.json").read_text())["images"] == 1
 
 
 def test_against_the_teacher_without_a_held_out_label_is_refused(tmp_path: Path, checkpoint: Path,
@@ -421,4 +487,4 @@ def test_against_the_teacher_without_a_held_out_label_is_refused(tmp_path: Path,
                           str(tmp_path / "labels"), "--teacher-holdout", "7", "--out", str(tmp_path / "r.json")]) == 2
     assert f"no held-out photo (1 in 7) has a label in {tmp_path / 'labels'}" in capsys.readouterr().err
     assert evaluate.main(["--model", str(checkpoint), "--teacher-images", str(tmp_path)]) == 2
-    assert "--teacher-images and --teacher-labels go together" in capsys.readouterr().err
+    assert "error: --teacher-images and --teacher-labels go together\n" in capsys.readouterr().err
