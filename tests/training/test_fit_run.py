@@ -1,0 +1,161 @@
+"""A training run called directly (``training.fit.fit``), each test its own short run on a tiny synthetic
+dataset: what it writes, how it resumes, the weight average, no validation split, the schedule, a start from
+another checkpoint's weights, the teacher-labelled mix. test_train_cli.py drives the same runs from the command
+line; these pin the numbers a run records."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint
+from tests.factories import make_pet_dataset
+from tests.training.test_teacher_mix import write_teacher_set
+from training.config import TrainConfig
+from training.fit import HISTORY_KEYS, TRAINED_DICE, fit
+
+
+@pytest.fixture
+def pets(tmp_path: Path) -> Path:
+    return make_pet_dataset(tmp_path / "pets", n_trainval=10, n_test=2)
+
+
+def config(pets: Path, out: Path, **overrides: object) -> TrainConfig:
+    settings = {"data_path": str(pets), "net": "unet", "epochs": 2, "batch_size": 4, "image_size": 32,
+                "workers": 0, "device": "cpu", "amp": "fp32", "folds": 5, "fold": 0, "out": str(out),
+                "augment": "none", **overrides}
+    return TrainConfig(**settings)  # type: ignore[arg-type]
+
+
+def adam_steps(checkpoint: Path) -> set[float]:
+    return {float(s["step"]) for s in load_checkpoint(checkpoint).training_state["optimizer"]["state"].values()}
+
+
+def test_a_run_records_each_epoch_and_keeps_its_best(pets: Path, tmp_path: Path) -> None:
+    run = config(pets, tmp_path / "run")
+    result = fit(run, progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert result.history == history and list(history) == list(HISTORY_KEYS)
+    assert history["epoch"] == [1.0, 2.0] and history["lr"] == [1e-3, 1e-3]
+    assert all(len(values) == 2 for values in history.values()) and min(history["seconds"]) > 0
+    assert result.last_epoch == 2 and result.out_dir == tmp_path / "run"
+    best = max(range(2), key=lambda i: history["val_dice"][i])
+    assert (result.best_epoch, result.best_dice) == (best + 1, history["val_dice"][best])
+    last, kept = load_checkpoint(tmp_path / "run" / "last.pt"), load_checkpoint(tmp_path / "run" / "best.pt")
+    assert (last.epoch, kept.epoch) == (2, best + 1)
+    assert kept.metrics["val_dice"] == result.best_dice and last.metrics["train_loss"] == history["train_loss"][1]
+    assert (last.arch, last.image_size, last.border_is_pet) == ("unet", 32, True)
+    assert last.config == run.to_dict()
+    state = last.training_state
+    assert (state["best_dice"], state["best_epoch"]) == (result.best_dice, result.best_epoch)
+    assert state["scheduler"] is None and state["scaler"] is None and state["history"] == history
+    assert adam_steps(tmp_path / "run" / "last.pt") == {4.0}  # 8 training photos, batches of 4, 2 epochs
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 0
+
+
+def test_the_same_seed_trains_the_same_run(pets: Path, tmp_path: Path) -> None:
+    """Seeds the weights as well as the shuffling: a learning rate of 1e-12 leaves each run's initial weights."""
+    runs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        history = fit(config(pets, tmp_path / name, epochs=1, seed=seed, learning_rate=1e-12), progress=False).history
+        runs[name] = history["train_loss"], load_checkpoint(tmp_path / name / "last.pt").model_state
+    key = next(key for key in runs["a"][1] if key.endswith("weight"))
+    assert runs["a"][0] == runs["b"][0] and torch.equal(runs["a"][1][key], runs["b"][1][key])
+    assert runs["a"][0] != runs["c"][0] and not torch.allclose(runs["a"][1][key], runs["c"][1][key])
+
+
+def test_a_tie_keeps_the_earlier_best_epoch(pets: Path, tmp_path: Path) -> None:
+    result = fit(config(pets, tmp_path / "run", learning_rate=1e-12), progress=False)  # nothing learns
+    assert result.history["val_dice"][0] == result.history["val_dice"][1]
+    assert result.best_epoch == 1 and load_checkpoint(tmp_path / "run" / "best.pt").epoch == 1
+
+
+def test_a_resumed_run_goes_on_from_the_next_epoch(pets: Path, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    first = fit(config(pets, tmp_path / "run", epochs=1), progress=False)
+    last = tmp_path / "run" / "last.pt"
+    with caplog.at_level(logging.INFO, logger="training.fit"):
+        result = fit(config(pets, tmp_path / "run", epochs=2, resume=str(last)), progress=False)
+    assert result.history["epoch"] == [1.0, 2.0] and result.history["train_loss"][0] == first.history["train_loss"][0]
+    assert adam_steps(last) == {4.0} and load_checkpoint(last).epoch == 2
+    assert f"resumed {last} at epoch 1 (best valid Dice {first.best_dice:.4f} at epoch 1)" in caplog.messages
+    if result.history["val_dice"][1] <= first.best_dice:  # the best is still the first epoch, and stays
+        assert (result.best_epoch, result.best_dice) == (1, first.best_dice)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="training.fit"):
+        done = fit(config(pets, tmp_path / "run", epochs=2, resume=str(last)), progress=False)
+    assert "nothing to do: the checkpoint already reached epoch 2 of 2" in caplog.messages
+    assert done.last_epoch == 2 and adam_steps(last) == {4.0}
+
+
+def test_a_resumed_run_keeps_the_checkpoints_image_size(pets: Path, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    fit(config(pets, tmp_path / "run", epochs=1), progress=False)
+    resumed = config(pets, tmp_path / "run", epochs=2, image_size=64, resume=str(tmp_path / "run" / "last.pt"))
+    with caplog.at_level(logging.WARNING, logger="training.fit"):
+        fit(resumed, progress=False)
+    assert "resuming at the checkpoint's image size 32 (not 64)" in caplog.messages
+    assert resumed.image_size == 32 and load_checkpoint(tmp_path / "run" / "last.pt").image_size == 32
+
+
+def test_without_a_validation_split_every_epoch_is_the_best(pets: Path, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="training.fit"):
+        result = fit(config(pets, tmp_path / "run", fold=None), progress=False)
+    assert result.best_epoch == 2 and math.isnan(result.best_dice)
+    assert all(math.isnan(v) for v in result.history["val_dice"]) and adam_steps(tmp_path / "run" / "last.pt") == {4.0}
+    assert load_checkpoint(tmp_path / "run" / "best.pt").epoch == 2  # 10 training photos: 2 batches, 2 epochs
+    assert "data: 10 train / 0 valid images from " + str(pets) in caplog.messages
+
+
+def test_the_weight_average_is_what_is_saved_and_the_trained_weights_resume(pets: Path, tmp_path: Path) -> None:
+    result = fit(config(pets, tmp_path / "run", epochs=1, ema_decay=0.5), progress=False)
+    assert len(result.history[TRAINED_DICE]) == 1
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    state = last.training_state
+    assert (state["ema_updates"], state["ema_decay"], state["ema_warmup"]) == (2, 0.5, True)
+    name = next(iter(last.model_state))
+    assert not torch.equal(last.model_state[name], state["live_model"][name])  # the average, not the trained
+    resumed = fit(config(pets, tmp_path / "run", epochs=2, ema_decay=0.5, ema_warmup=False,
+                         resume=str(tmp_path / "run" / "last.pt")), progress=False)
+    state = load_checkpoint(tmp_path / "run" / "last.pt").training_state
+    assert (state["ema_updates"], state["ema_warmup"]) == (4, True)  # the checkpoint says how it was kept
+    assert load_checkpoint(tmp_path / "run" / "last.pt").config["ema_warmup"] is True
+    assert len(resumed.history[TRAINED_DICE]) == 2
+
+
+def test_a_cosine_schedule_is_saved_and_decays(pets: Path, tmp_path: Path) -> None:
+    result = fit(config(pets, tmp_path / "run", scheduler="cosine"), progress=False)
+    assert result.history["lr"][1] < result.history["lr"][0] < 1e-3
+    assert load_checkpoint(tmp_path / "run" / "last.pt").training_state["scheduler"]["last_epoch"] == 4
+
+
+def test_a_run_can_start_from_another_checkpoints_weights(pets: Path, tmp_path: Path) -> None:
+    fit(config(pets, tmp_path / "first", epochs=1), progress=False)
+    start = load_checkpoint(tmp_path / "first" / "last.pt").model_state
+    fit(config(pets, tmp_path / "second", epochs=1, learning_rate=1e-12,
+               init_weights=str(tmp_path / "first" / "last.pt")), progress=False)
+    second = load_checkpoint(tmp_path / "second" / "last.pt")
+    name = next(key for key in start if key.endswith("weight"))
+    torch.testing.assert_close(second.model_state[name], start[name])
+    assert second.epoch == 1  # a new run: its own epochs and optimizer
+
+
+def test_the_teacher_mix_logs_each_sources_loss(pets: Path, tmp_path: Path) -> None:
+    images, labels = write_teacher_set(tmp_path / "teacher", count=6)
+    result = fit(config(pets, tmp_path / "run", epochs=1, augment="strong", teacher_images=str(images),
+                        teacher_labels=str(labels), teacher_holdout=0, teacher_weight=0.5), progress=False)
+    assert len(result.history["train_loss_labelled"]) == len(result.history["train_loss_teacher"]) == 1
+
+
+def test_data_a_run_cannot_use_is_refused_before_training(pets: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="copy-paste composites from the decoded cache: drop --no-cache"):
+        fit(config(pets, tmp_path / "run", augment="copy-paste", cache=False), progress=False)
+    one = make_pet_dataset(tmp_path / "one", n_trainval=1, n_test=1)  # its one photo is fold 0's
+    with pytest.raises(ValueError, match=r"the train and valid splits need at least one image each \(got 0 and 1\)"):
+        fit(config(one, tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run" / "last.pt").exists()
