@@ -8,12 +8,16 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from tqdm import tqdm
 
 from tests.factories import SAMPLE_DATA, make_checkpoint, make_pet_dataset
 
 # The suite runs the eager engine (servers started by tests inherit this): compiling each tiny test model would
 # cost minutes. tests/models/test_compile.py turns compilation on where it is the subject.
 os.environ.setdefault("PETSEG_COMPILE", "off")
+# No tqdm monitor thread: a process forked while it holds tqdm's lock (as mutation testing forks one per mutant)
+# waits for that lock forever.
+tqdm.monitor_interval = 0
 
 
 @pytest.fixture(scope="session")
