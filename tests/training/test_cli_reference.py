@@ -94,3 +94,15 @@ def test_at_least_names_its_bound_and_refuses_below_it() -> None:
             parser.parse_args(["--n", text])
         assert str(caught.value) == message
     assert at_least(2).value_name == "integer >= 2"
+
+
+def test_each_commands_help_keeps_its_usage_examples_line_for_line() -> None:
+    from importlib import import_module
+
+    for command, module in COMMANDS:
+        parser = import_module(module).build_parser()
+        examples = [line for line in (parser.description or "").splitlines() if line.startswith("    ")]
+        assert examples, command
+        help_text = parser.format_help()
+        for line in examples:
+            assert line in help_text.splitlines(), (command, line)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -94,7 +95,9 @@ def test_the_progress_bar_names_the_split_and_counts_batches(dataset: Path, caps
     samples = list_split(dataset, "test")
     evaluate.evaluate(FromTrimaps(samples), samples, label="test", batch_size=2)  # progress on by default
     bar = capsys.readouterr().err
-    assert "evaluate test" in bar and "3/3" in bar and "batch" in bar
+    assert "evaluate test" in bar and "3/3" in bar and re.search(r"[\d.](batch/s|s/batch)\]", bar)
+    evaluate.evaluate(FromTrimaps(samples), samples)  # no label: the bar says what it does, no more
+    assert "evaluate: " in capsys.readouterr().err
     evaluate.evaluate(FromTrimaps(samples), samples, label="test", progress=False)
     assert capsys.readouterr().err == ""
 
@@ -347,6 +350,37 @@ def test_a_model_run_reports_how_it_was_scored(dataset: Path, checkpoint: Path, 
     assert evaluate.main(flags) == 2  # the report is there: refused before any work
     assert f"{tmp_path / 'eval_valid.json'} exists: pass --overwrite" in capsys.readouterr().err
     assert evaluate.main([*flags, "--overwrite"]) == 0
+
+
+def test_the_command_line_hands_each_flag_to_the_scoring(dataset: Path, checkpoint: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    calls: dict[str, tuple] = {}
+
+    def spy(name: str):  # noqa: ANN202 - records the call, then does the real work
+        real = getattr(evaluate, name)
+
+        def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            calls[name] = (args, kwargs)
+            return real(*args, **kwargs)
+        return call
+
+    for name in ("evaluate", "background_false_positives", "draw_worst"):
+        monkeypatch.setattr(evaluate, name, spy(name))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    out = tmp_path / "r.json"
+    with caplog.at_level(logging.INFO, logger="training.evaluate"):
+        assert evaluate.main(["--model", str(checkpoint), "--data_path", str(dataset), "--split", "test",
+                              "--batch-size", "3", "--threshold", "0.45", "--border", "pet", "--refine", "guided",
+                              "--background-crops", "--worst", "2", "--worst-grid", str(tmp_path / "w.png"),
+                              "--out", str(out), *TORCH_FP32]) == 0
+    assert f"report written to {out}" in caplog.messages
+    _, scoring = calls["evaluate"]
+    assert scoring == {"batch_size": 3, "threshold": 0.45, "border_is_pet": True, "progress": True, "label": "test",
+                       "refine": "guided"}
+    assert calls["background_false_positives"][1] == {"threshold": 0.45}
+    (rows, path, border), titles = calls["draw_worst"]
+    assert (len(rows), path, border, titles) == (2, tmp_path / "w.png", True, {"title": "test: the 2 worst images"})
 
 
 def test_the_border_follows_the_checkpoint_unless_told(dataset: Path, checkpoint: Path, tmp_path: Path) -> None:
