@@ -17,6 +17,7 @@ Two settings (``DeflateSettings``), one per kind of picture:
 """
 from __future__ import annotations
 
+import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -61,6 +62,16 @@ def _executor(workers: int) -> ThreadPoolExecutor:
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="petseg-png")
     return _pool
+
+
+def _forget_pool_in_child() -> None:
+    """A forked process (a pre-forking server, a test runner's workers) inherits the pool object but none of its
+    threads: bands handed to it would wait forever. The child makes its own on first use."""
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def adler32_combine(first: int, second: int, second_length: int) -> int:

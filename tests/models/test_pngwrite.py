@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from typing import Any
 
 import cv2
 import numpy as np
@@ -93,3 +94,26 @@ def test_non_contiguous_views_are_written_as_their_pixels() -> None:
     image = _picture(60, 80, 3, seed=4)
     view = image[5:50:2, 10:70]  # strided rows, as a crop or a slice gives
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encode_png(view, 3)))), view)
+
+
+def _encode_large_then_exit(result: Any) -> None:  # a multiprocessing queue
+    photo = np.random.default_rng(1).integers(0, 255, (600, 800, 3), dtype=np.uint8)
+    result.put(len(encode_png(photo, threads=2)))
+
+
+def test_a_forked_process_writes_large_pngs_with_a_pool_of_its_own() -> None:
+    """A pre-forking server (or a test runner) forks after the pool's threads started: the child must not hand
+    its bands to threads it does not have."""
+    import multiprocessing
+
+    large = np.random.default_rng(1).integers(0, 255, (600, 800, 3), dtype=np.uint8)
+    expected = len(encode_png(large, threads=2))  # the pool exists, with threads, in this process
+    context = multiprocessing.get_context("fork")
+    result = context.Queue()
+    child = context.Process(target=_encode_large_then_exit, args=(result,))
+    child.start()
+    child.join(timeout=120)  # a bound on a deadlock, not a speed check: the write takes milliseconds
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+    assert not hung and child.exitcode == 0 and result.get(timeout=5) == expected
