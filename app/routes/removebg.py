@@ -45,6 +45,7 @@ TITLES = {
     "auth_failed": "Authentication failed", "failed_bg_download": "Failed to download background image",
     "failed_image_download": "Failed to download image", "failed_to_read_image": "There was an error reading the "
     "image", "file_too_large": "File too large", "invalid_file_type": "Invalid file type",
+    "invalid_parameters": "Invalid parameters",
     "missing_source": "No image given", "multiple_bg_sources": "Multiple background sources given",
     "multiple_sources": "Multiple image sources given", "rate_limit_exceeded": "Rate limit exceeded",
     "resolution_too_high": "Image resolution too high", "roi_exceeds_bounds": "ROI exceeds image bounds",

@@ -487,3 +487,11 @@ def test_a_full_queue_is_remove_bgs_rate_limit(api: TestClient) -> None:
     assert before + 3 <= int(headers["X-RateLimit-Reset"]) <= int(time.time()) + 3
     status, body, _ = removebg_error(ApiError(503, "the model did not answer", reason="timeout"), max_queue=64)
     assert status == 503 and body["errors"][0]["code"] == "service_unavailable"
+
+
+def test_a_field_that_fails_validation_is_remove_bgs_400_naming_it(api: TestClient) -> None:
+    answer = api.post("/v1.0/removebg", data={"image_file": "not a file"})
+    assert answer.status_code == 400
+    (error,) = answer.json()["errors"]
+    assert error["code"] == "invalid_parameters" and error["detail"].startswith("image_file: ")
+    assert error["title"] == "Invalid parameters"  # not "Invalid parameters parameter given"
