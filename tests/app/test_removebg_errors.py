@@ -69,7 +69,7 @@ def test_a_base64_photo_may_be_wrapped_and_a_bad_one_is_remove_bgs_error() -> No
     data = b"\x89PNG some bytes"
     text = base64.b64encode(data).decode()
     assert route._from_base64(f" {text[:8]}\n{text[8:]} ") == data
-    for bad in ("not base64!", "abc"):
+    for bad in ("not base64!", "abc", "aGk=!"):  # not even a stray character is dropped
         with pytest.raises(RemoveBgError) as info:
             route._from_base64(bad)
         assert (info.value.code, info.value.detail) == ("failed_to_read_image", "image_file_b64 is not valid base64")
@@ -86,6 +86,8 @@ def test_a_photo_over_the_answers_size_is_shrunk_to_it_keeping_its_shape() -> No
     assert odd.width * odd.height <= 10_001 and (odd.width, odd.height) == (115, 86)
     tiny = route._fit(png_bytes(photo[:, :1]), 10, 10**8)  # never a side of 0
     assert (tiny.width, tiny.height) == (1, 54)  # floor(0.18) would be 0 wide
+    flat = route._fit(png_bytes(photo[:1]), 10, 10**8)
+    assert (flat.width, flat.height) == (63, 1)
     with pytest.raises(ApiError) as info:
         route._fit(png_bytes(photo), 30_000, 1000)
     assert info.value.status_code == 413

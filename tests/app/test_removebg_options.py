@@ -134,7 +134,7 @@ def test_bg_color_is_hex_of_3_4_6_or_8_digits_or_a_name(text: str, colour: tuple
     assert parse_bg_color(text) == colour
 
 
-@pytest.mark.parametrize("text", ["12345", "ggg", "#12", "nocolour", "1234567"])
+@pytest.mark.parametrize("text", ["12345", "ggg", "#12", "nocolour", "1234567", "XXX"])
 def test_a_bg_color_that_is_no_colour_is_refused(text: str) -> None:
     with pytest.raises(RemoveBgError) as info:
         parse_bg_color(text)
