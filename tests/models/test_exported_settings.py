@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -140,14 +141,15 @@ def test_warm_up_runs_each_batch_size_once_on_the_lanes_threads(threads: int, wo
     # the lane's count as models.engine.runtime reports it (setting torch's own would start a thread pool that a
     # process forked afterwards, as mutation testing does, cannot use)
     monkeypatch.setattr(exported, "intra_op_threads", lambda: threads)
+    clock = iter([10.0, 12.5, 20.0, 20.25])  # a fake clock: the warm-up's duration is the difference
+    monkeypatch.setattr(exported.time, "perf_counter", lambda: next(clock))
     backend = Recorder()
     segmenter = segmenter_with(backend)
     with caplog.at_level(logging.INFO, logger=exported.__name__):
         elapsed = segmenter.warmup((4, 1, 4))
     assert backend.calls == [((4, 3, 8, 8), np.float32, threads), ((1, 3, 8, 8), np.float32, threads)]
-    assert elapsed >= 0.0
-    message = caplog.records[-1].getMessage()
-    assert message.startswith(f"warm-up on openvino cpu (int8, {word} took ") and message.endswith("s")
+    assert elapsed == 2.5
+    assert caplog.records[-1].getMessage() == f"warm-up on openvino cpu (int8, {word} took 2.50s"
     backend.calls.clear()
     segmenter.warmup()
     assert [call[0] for call in backend.calls] == [(1, 3, 8, 8)]
@@ -167,3 +169,79 @@ def test_a_runtime_or_precision_it_cannot_run_is_refused_by_name(runtime: str, p
     with pytest.raises(ValueError) as info:
         ExportedSegmenter(SimpleNamespace(), runtime=runtime, precision=precision)  # type: ignore[arg-type]
     assert str(info.value) == message
+
+
+# --- which ONNX file serves which precision: names in the cache, and what builds them --------------------------
+
+class Builds:
+    """Recorders in place of the export, the quantiser and the cache: what ``exported_model`` asks of each."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cache_writable: bool = True) -> None:
+        import models.engine.quantize as quantize
+
+        self.calls: list[tuple] = []
+        self.folder = tmp_path
+        monkeypatch.setattr(exported, "build_onnx", lambda checkpoint, checkpoint_sha256: ("onnx", checkpoint_sha256))
+        monkeypatch.setattr(exported, "save_onnx", lambda model, path: self.calls.append(("export", model, path)))
+        monkeypatch.setattr(exported, "cached_file",
+                            lambda name, build: (build(tmp_path / name), tmp_path / name)[1] if cache_writable
+                            else None)
+        monkeypatch.setattr(quantize, "quantize_int8", lambda fp32, path, checkpoint, photos=(), *, ranges=None:
+                            self.calls.append(("int8", fp32, path, checkpoint, tuple(photos), ranges)))
+        monkeypatch.setattr(quantize, "calibration_source", lambda configured: Path(f"source-of-{configured}"))
+        monkeypatch.setattr(quantize, "calibration_photos", lambda source: [source / "a.jpg", source / "b.jpg"])
+        monkeypatch.setattr(quantize, "calibration_digest", lambda photos: "f" * 20 + str(len(photos)))
+
+
+def tiny_checkpoint(ranges: dict | None = None) -> SimpleNamespace:
+    return SimpleNamespace(arch="unet", int8_calibration=ranges)
+
+
+KEY = "0123456789abcdef" * 4
+
+
+def test_fp32_is_exported_once_under_the_checkpoints_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    builds = Builds(monkeypatch, tmp_path)
+    with caplog.at_level(logging.INFO, logger=exported.__name__):
+        path = exported.exported_model(tiny_checkpoint(), KEY, "fp32", None, scratch=lambda: tmp_path / "scratch")
+    assert path == tmp_path / f"{KEY[:24]}-unet-v1-fp32.onnx"
+    assert builds.calls == [("export", ("onnx", KEY), path)]
+    assert "exporting unet to ONNX (once per checkpoint; tens of seconds on a small CPU)" in caplog.messages
+
+
+def test_int8_from_the_ranges_a_checkpoint_carries(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import models.engine.quantize as quantize
+
+    builds = Builds(monkeypatch, tmp_path)
+    carried = SimpleNamespace(digest="abcdef0123456789")
+    monkeypatch.setattr(quantize.Int8Calibration, "from_dict", classmethod(lambda cls, raw: carried if raw else None))
+    monkeypatch.delenv("PETSEG_CALIBRATION_DATA", raising=False)
+    checkpoint = tiny_checkpoint({"ranges": 1})
+    path = exported.exported_model(checkpoint, KEY, "int8", None, scratch=lambda: tmp_path / "scratch")
+    fp32 = tmp_path / f"{KEY[:24]}-unet-v1-fp32.onnx"
+    assert path == tmp_path / f"{KEY[:24]}-unet-v1-int8-ranges-abcdef012345.onnx"
+    assert builds.calls[1] == ("int8", fp32, path, checkpoint, (), carried)
+    # photos named (argument or environment) take precedence over the carried ranges
+    photos = exported.exported_model(checkpoint, KEY, "int8", "pets", scratch=lambda: tmp_path / "scratch")
+    assert photos == tmp_path / f"{KEY[:24]}-unet-v1-int8-{'f' * 12}.onnx"
+    assert builds.calls[-1] == ("int8", fp32, photos, checkpoint,
+                                (Path("source-of-pets/a.jpg"), Path("source-of-pets/b.jpg")), None)
+    monkeypatch.setenv("PETSEG_CALIBRATION_DATA", "elsewhere")
+    exported.exported_model(checkpoint, KEY, "int8", None, scratch=lambda: tmp_path / "scratch")
+    assert builds.calls[-1][4] == (Path("source-of-None/a.jpg"), Path("source-of-None/b.jpg"))
+
+
+def test_int8_without_carried_ranges_calibrates_on_photos(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    builds = Builds(monkeypatch, tmp_path)
+    monkeypatch.delenv("PETSEG_CALIBRATION_DATA", raising=False)
+    path = exported.exported_model(tiny_checkpoint(None), KEY, "int8", None, scratch=lambda: tmp_path / "scratch")
+    assert path.name == f"{KEY[:24]}-unet-v1-int8-{'f' * 12}.onnx"
+    assert builds.calls[-1][4] == (Path("source-of-None/a.jpg"), Path("source-of-None/b.jpg"))
+
+
+def test_an_unwritable_cache_builds_in_the_scratch_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    builds = Builds(monkeypatch, tmp_path, cache_writable=False)
+    scratch = tmp_path / "scratch"
+    path = exported.exported_model(tiny_checkpoint(), KEY, "fp32", None, scratch=lambda: scratch)
+    assert path == scratch / f"{KEY[:24]}-unet-v1-fp32.onnx" and builds.calls == [("export", ("onnx", KEY), path)]
