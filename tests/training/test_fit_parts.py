@@ -168,3 +168,63 @@ def test_seeding_repeats_every_generator() -> None:
     random.seed(2**31 + 11)
     np.random.seed(2**31 + 11)
     assert (random.random(), float(np.random.rand())) == worker
+
+
+class RecordedTeacherSet:
+    """Stands in for TeacherLabelledDataset: records what the run asks of it."""
+
+    made: list[dict] = []
+
+    def __init__(self, images: str, labels: str, **kwargs: object) -> None:
+        RecordedTeacherSet.made.append({"images": images, "labels": labels, **kwargs})
+
+    def __len__(self) -> int:
+        return 5
+
+
+def test_the_mix_repeats_the_labelled_photos_and_holds_one_teacher_photo_in_n_out(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from training.pseudo_data import SOURCE_LABELLED, is_teacher_holdout
+
+    monkeypatch.setattr(fit, "TeacherLabelledDataset", RecordedTeacherSet)
+    RecordedTeacherSet.made.clear()
+    (tmp_path / "labels").mkdir()
+    names = [f"pug_{i}" for i in range(40)]
+    for name in names:
+        (tmp_path / "labels" / f"{name}.png").write_bytes(b"")
+    (tmp_path / "labels" / "notes.txt").write_text("not a label")
+    settings = {"teacher_images": str(tmp_path / "photos"), "teacher_labels": str(tmp_path / "labels"),
+                "image_size": 48, "teacher_confidence": 0.8, "teacher_edge_band": 3, "teacher_grow": 0.05,
+                "augment": "strong", "labelled_repeat": 3}
+    labelled = [{"name": "a"}, {"name": "b"}]
+    mix = fit._with_teacher_labels(labelled, TrainConfig(teacher_holdout=4, **settings), False)
+    (made,) = RecordedTeacherSet.made
+    assert made["names"] == {n for n in names if not is_teacher_holdout(n, 4)} and len(made["names"]) < 40
+    assert (made["images"], made["labels"], made["image_size"], made["confidence"], made["edge_band"], made["grow"],
+            made["progress"]) == (str(tmp_path / "photos"), str(tmp_path / "labels"), 48, 0.8, 3, 0.05, False)
+    assert callable(made["transform"])
+    assert len(mix.datasets) == 4 and len(mix) == 3 * 2 + 5
+    assert all(part.dataset is labelled and part.source == SOURCE_LABELLED for part in mix.datasets[:3])
+    assert isinstance(mix.datasets[3], RecordedTeacherSet)
+    fit._with_teacher_labels(labelled, TrainConfig(teacher_holdout=0, limit=2, **settings), True)
+    assert RecordedTeacherSet.made[1]["names"] is None and RecordedTeacherSet.made[1]["progress"] is True
+    limited = fit._with_teacher_labels(labelled, TrainConfig(teacher_holdout=0, limit=2, **settings), True)
+    assert list(limited.datasets[-1].indices) == [0, 1]
+
+
+def test_encoder_weights_from_a_file_go_into_the_resnet_encoder(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    from models import build_model
+
+    torch.manual_seed(1)
+    source = build_model("resnet34_unet")
+    torch.save(source.encoder.state_dict(), tmp_path / "encoder.pt")
+    torch.manual_seed(2)
+    model = build_model("resnet34_unet")
+    with caplog.at_level(logging.INFO, logger="training.fit"):
+        fit._load_encoder_weights(model, TrainConfig(net="resnet34_unet", encoder_weights=str(tmp_path / "encoder.pt")),
+                                  False)
+    for name, tensor in source.encoder.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[name], tensor), name
+    count = len(source.encoder.state_dict())
+    assert f"encoder: {count} tensors loaded from {tmp_path / 'encoder.pt'}" in caplog.messages
