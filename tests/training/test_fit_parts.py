@@ -158,7 +158,7 @@ def test_seeding_repeats_every_generator() -> None:
     assert draw() == first
     fit.seed_everything(6)
     assert draw() != first
-    base = 2**33 + 2**31 + 11  # torch's worker seeds are 64-bit; numpy takes 32
+    base = 2**32 + 2**31 + 11  # torch's worker seeds are 64-bit; numpy takes 32
     torch.manual_seed(base)
     fit._seed_worker(0)
     worker = (random.random(), float(np.random.rand()))
@@ -183,7 +183,7 @@ class RecordedTeacherSet:
 
 
 def test_the_mix_repeats_the_labelled_photos_and_holds_one_teacher_photo_in_n_out(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from training.pseudo_data import SOURCE_LABELLED, is_teacher_holdout
 
     monkeypatch.setattr(fit, "TeacherLabelledDataset", RecordedTeacherSet)
@@ -197,7 +197,11 @@ def test_the_mix_repeats_the_labelled_photos_and_holds_one_teacher_photo_in_n_ou
                 "image_size": 48, "teacher_confidence": 0.8, "teacher_edge_band": 3, "teacher_grow": 0.05,
                 "augment": "strong", "labelled_repeat": 3}
     labelled = [{"name": "a"}, {"name": "b"}]
-    mix = fit._with_teacher_labels(labelled, TrainConfig(teacher_holdout=4, **settings), False)
+    with caplog.at_level(logging.INFO, logger="training.fit"):
+        mix = fit._with_teacher_labels(labelled, TrainConfig(teacher_holdout=4, teacher_weight=0.5, **settings), False)
+    assert caplog.messages == ["mix: 2 labelled photos x 3 + 5 teacher-labelled photos (loss weight 0.5; pet grown by "
+                               "0.05 of the side; pixels under 0.80 confidence and 3 px each side of the teacher's "
+                               "outline left out)"]
     (made,) = RecordedTeacherSet.made
     assert made["names"] == {n for n in names if not is_teacher_holdout(n, 4)} and len(made["names"]) < 40
     assert (made["images"], made["labels"], made["image_size"], made["confidence"], made["edge_band"], made["grow"],
@@ -209,7 +213,7 @@ def test_the_mix_repeats_the_labelled_photos_and_holds_one_teacher_photo_in_n_ou
     fit._with_teacher_labels(labelled, TrainConfig(teacher_holdout=0, limit=2, **settings), True)
     assert RecordedTeacherSet.made[1]["names"] is None and RecordedTeacherSet.made[1]["progress"] is True
     limited = fit._with_teacher_labels(labelled, TrainConfig(teacher_holdout=0, limit=2, **settings), True)
-    assert list(limited.datasets[-1].indices) == [0, 1]
+    assert list(limited.datasets[-1].indices) == [0, 1] and isinstance(limited.datasets[-1].dataset, RecordedTeacherSet)
 
 
 def test_encoder_weights_from_a_file_go_into_the_resnet_encoder(tmp_path: Path,

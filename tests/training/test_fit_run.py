@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint
 from tests.factories import make_pet_dataset
 from tests.training.test_teacher_mix import write_teacher_set
 from training.config import TrainConfig
@@ -134,15 +134,21 @@ def test_a_cosine_schedule_is_saved_and_decays(pets: Path, tmp_path: Path) -> No
     assert load_checkpoint(tmp_path / "run" / "last.pt").training_state["scheduler"]["last_epoch"] == 4
 
 
-def test_a_run_can_start_from_another_checkpoints_weights(pets: Path, tmp_path: Path) -> None:
+def test_a_run_can_start_from_another_checkpoints_weights(pets: Path, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
     fit(config(pets, tmp_path / "first", epochs=1), progress=False)
     start = load_checkpoint(tmp_path / "first" / "last.pt").model_state
-    fit(config(pets, tmp_path / "second", epochs=1, learning_rate=1e-12,
-               init_weights=str(tmp_path / "first" / "last.pt")), progress=False)
+    with caplog.at_level(logging.INFO, logger="training.fit"):
+        fit(config(pets, tmp_path / "second", epochs=1, learning_rate=1e-12,
+                   init_weights=str(tmp_path / "first" / "last.pt")), progress=False)
+    assert f"starting from the weights of {tmp_path / 'first' / 'last.pt'} (unet, epoch 1)" in caplog.messages
     second = load_checkpoint(tmp_path / "second" / "last.pt")
     name = next(key for key in start if key.endswith("weight"))
     torch.testing.assert_close(second.model_state[name], start[name])
     assert second.epoch == 1  # a new run: its own epochs and optimizer
+    with pytest.raises(CheckpointError):  # weights of another architecture than --net
+        fit(config(pets, tmp_path / "third", net="resnet34_unet", init_weights=str(tmp_path / "first" / "last.pt")),
+            progress=False)
 
 
 def test_the_teacher_mix_logs_each_sources_loss(pets: Path, tmp_path: Path) -> None:
