@@ -245,3 +245,35 @@ def test_an_unwritable_cache_builds_in_the_scratch_folder(monkeypatch: pytest.Mo
     scratch = tmp_path / "scratch"
     path = exported.exported_model(tiny_checkpoint(), KEY, "fp32", None, scratch=lambda: scratch)
     assert path == scratch / f"{KEY[:24]}-unet-v1-fp32.onnx" and builds.calls == [("export", ("onnx", KEY), path)]
+
+
+def test_the_engine_reports_what_it_serves_and_how_long_it_took(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    asked: list = []
+    monkeypatch.setattr(exported, "exported_model", lambda checkpoint, key, precision, calibration, scratch:
+                        asked.append((key, precision, calibration)) or tmp_path / "model.onnx")
+    monkeypatch.setattr(exported, "_OpenVino", lambda path, size: ("openvino", path, size))
+    monkeypatch.setattr(exported, "_OnnxRuntime", lambda path: ("onnxruntime", path))
+    monkeypatch.setattr(exported, "_folded_parameters", lambda checkpoint: 1234)
+    clock = iter([5.0, 7.25, 8.0, 8.0])  # two engines, each timed once
+    monkeypatch.setattr(exported.time, "perf_counter", lambda: next(clock))
+    file = tmp_path / "tiny.pt"
+    file.write_bytes(b"a checkpoint")
+    checkpoint = SimpleNamespace(arch="unet", image_size=64, epoch=3, metrics={"val_dice": 0.9}, created_at="today",
+                                 card={"data": "pets"}, weights_digest=lambda: "from-the-weights")
+    with caplog.at_level(logging.INFO, logger=exported.__name__):
+        engine = ExportedSegmenter(checkpoint, runtime="openvino", precision="int8",  # type: ignore[arg-type]
+                                   checkpoint_path=file, calibration="pets")
+    from models.checkpoint import file_sha256
+
+    assert asked == [(file_sha256(file), "int8", "pets")]
+    assert engine._backend == ("openvino", tmp_path / "model.onnx", 64)
+    assert f"int8 model ready in 2.2s: {tmp_path / 'model.onnx'}" in caplog.messages
+    info = engine.info
+    assert (info.arch, info.parameters, info.device, info.precision, info.compiled, info.image_size,
+            info.checkpoint_path, info.checkpoint_sha256, info.epoch, info.metrics, info.created_at, info.card,
+            info.runtime) == ("unet", 1234, "cpu", "int8", False, 64, str(file), file_sha256(file), 3,
+                              {"val_dice": 0.9}, "today", {"data": "pets"}, "openvino")
+    unsaved = ExportedSegmenter(checkpoint, runtime="onnxruntime")  # type: ignore[arg-type]
+    assert asked[-1] == ("from-the-weights", "fp32", None) and unsaved._backend[0] == "onnxruntime"
+    assert unsaved.info.checkpoint_path is None and unsaved.info.checkpoint_sha256 is None
