@@ -39,17 +39,22 @@ def main() -> int:
         counts.setdefault(match["name"], Counter())[status] += 1
     print("| module | mutants | killed (timeouts) | survived | untested | equivalent (left out) | score |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    low = []
+    low, unfinished = [], []
     for module, count in sorted(counts.items()):
         killed = count["killed"] + count["timeout"] + count["segfault"]
         judged = killed + count["survived"] + count["no tests"] + count["suspicious"]
-        score = killed / judged if judged else 1.0
-        low += [module] if score < FLOOR else []
+        score = f"{killed / judged:.1%}" if judged else "n/a"
+        low += [module] if judged and killed / judged < FLOOR else []
+        if count["not checked"]:  # a run cut short: the score covers only the mutants it reached
+            unfinished.append(module)
+            score += f" ({count['not checked']} not run)"
         print(f"| `{module}` | {sum(count.values())} | {killed} ({count['timeout']}) | {count['survived']} | "
-              f"{count['no tests']} | {count['equivalent']} | {score:.1%} |")
+              f"{count['no tests']} | {count['equivalent']} | {score} |")
     if low:
         print(f"under {FLOOR:.0%}: {', '.join(low)}", file=sys.stderr)
-    return 1 if low else 0
+    if unfinished:
+        print(f"not every mutant was run: {', '.join(unfinished)}", file=sys.stderr)
+    return 1 if low or unfinished else 0
 
 
 if __name__ == "__main__":
