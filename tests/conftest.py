@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +16,11 @@ from tests.factories import SAMPLE_DATA, make_checkpoint, make_pet_dataset
 # The suite runs the eager engine (servers started by tests inherit this): compiling each tiny test model would
 # cost minutes. tests/models/test_compile.py turns compilation on where it is the subject.
 os.environ.setdefault("PETSEG_COMPILE", "off")
-# No tqdm monitor thread: a process forked while it holds tqdm's lock (as mutation testing forks one per mutant)
-# waits for that lock forever.
+# No tqdm monitor thread, and a lock of this process's own instead of tqdm's default, which is shared across
+# processes: mutation testing forks a process per mutant, and one forked while the monitor held the lock, or
+# after a process killed while holding the shared one, waits for that lock forever.
 tqdm.monitor_interval = 0
+tqdm.set_lock(threading.RLock())
 
 
 @pytest.fixture(scope="session")

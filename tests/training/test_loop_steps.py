@@ -42,7 +42,7 @@ def context(model: nn.Module, **overrides: object) -> StepContext:
 
 def test_training_needs_an_optimizer() -> None:
     model = one_layer()
-    with pytest.raises(AssertionError, match="training needs an optimizer"):
+    with pytest.raises(AssertionError, match="^training needs an optimizer$"):
         train_one_epoch(model, [batch(["a_1"])], context(model, optimizer=None))
 
 
