@@ -98,6 +98,8 @@ def test_resuming_restores_the_optimizer_schedule_and_scaler() -> None:
     untouched = Scaler()
     fit._restore({"optimizer": None, "scheduler": None, "scaler": None}, fresh, None, untouched)  # type: ignore[arg-type]
     assert untouched.loaded == []  # a run without fp16 saved no scaler state
+    # a run saved with a schedule goes on without one when this run asks for none
+    fit._restore({"optimizer": None, "scheduler": scheduler.state_dict(), "scaler": None}, fresh, None, None)
 
 
 def test_an_optimizer_state_that_does_not_fit_is_a_checkpoint_error() -> None:
@@ -125,7 +127,8 @@ def test_a_run_kept_with_an_average_resumes_its_trained_weights_and_its_average(
     with caplog.at_level(logging.WARNING, logger="training.fit"):
         fit._restore_weight_average(resume, core, None, "last.pt")
     assert torch.equal(core.weight, trained.weight)
-    assert "last.pt kept a weight average (EMA); resuming without --ema" in caplog.text
+    assert caplog.messages == ["last.pt kept a weight average (EMA); resuming without --ema goes on from the trained "
+                               "weights and drops the average"]
 
 
 def test_a_run_without_an_average_resumes_as_it_is() -> None:
@@ -214,6 +217,23 @@ def test_the_mix_repeats_the_labelled_photos_and_holds_one_teacher_photo_in_n_ou
     assert RecordedTeacherSet.made[1]["names"] is None and RecordedTeacherSet.made[1]["progress"] is True
     limited = fit._with_teacher_labels(labelled, TrainConfig(teacher_holdout=0, limit=2, **settings), True)
     assert list(limited.datasets[-1].indices) == [0, 1] and isinstance(limited.datasets[-1].dataset, RecordedTeacherSet)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_encoder_weights_are_read_with_a_progress_bar_only_when_asked(monkeypatch: pytest.MonkeyPatch,
+                                                                     progress: bool) -> None:
+    from models import build_model
+
+    model = build_model("resnet34_unet")
+    reads: list[tuple[str, bool]] = []
+
+    def read(source: str, progress: bool) -> dict[str, torch.Tensor]:
+        reads.append((source, progress))
+        return dict(model.encoder.state_dict())
+
+    monkeypatch.setattr(fit, "read_encoder_weights", read)
+    fit._load_encoder_weights(model, TrainConfig(net="resnet34_unet", encoder_weights="imagenet"), progress)
+    assert reads == [("imagenet", progress)]
 
 
 def test_encoder_weights_from_a_file_go_into_the_resnet_encoder(tmp_path: Path,
