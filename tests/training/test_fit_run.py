@@ -1,5 +1,5 @@
-"""A training run called directly (``training.fit.fit``), each test its own short run on a tiny synthetic
-dataset: what it writes, how it resumes, the weight average, no validation split, the schedule, a start from
+"""A training run called directly (``training.fit.fit``), each test its own short run of a tiny network on a tiny
+synthetic dataset: what it writes, how it resumes, the weight average, no validation split, the schedule, a start from
 another checkpoint's weights, the teacher-labelled mix. test_train_cli.py drives the same runs from the command
 line; these pin the numbers a run records."""
 from __future__ import annotations
@@ -11,12 +11,34 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
-from models.checkpoint import CheckpointError, load_checkpoint
+from models import ARCHITECTURES
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tests.factories import make_pet_dataset
 from tests.training.test_teacher_mix import write_teacher_set
 from training.config import TrainConfig
 from training.fit import HISTORY_KEYS, TRAINED_DICE, fit
+
+
+class TinyNet(nn.Module):
+    """What these runs need from a network (weights, one logit per pixel) at a hundred-thousandth of the UNet's 31M
+    parameters, whose fixed cost per step and per checkpoint would make each test ten times slower. No
+    BatchNorm: its running statistics move even when the weights cannot, and the tie test needs a run that
+    learns nothing."""
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 1) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(8, out_channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+@pytest.fixture(autouse=True)
+def tiny_unet(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(ARCHITECTURES, "unet", TinyNet)
 
 
 @pytest.fixture
@@ -90,6 +112,20 @@ def test_a_resumed_run_goes_on_from_the_next_epoch(pets: Path, tmp_path: Path,
         done = fit(config(pets, tmp_path / "run", epochs=2, resume=str(last)), progress=False)
     assert "nothing to do: the checkpoint already reached epoch 2 of 2" in caplog.messages
     assert done.last_epoch == 2 and adam_steps(last) == {4.0}
+
+
+def test_a_resumed_run_trains_on_from_the_checkpoints_weights(pets: Path, tmp_path: Path) -> None:
+    """Every weight is shifted by 0.25 before resuming: two Adam steps at 1e-3 keep that shift, and freshly
+    initialised weights would not have it."""
+    fit(config(pets, tmp_path / "run", epochs=1), progress=False)
+    last = tmp_path / "run" / "last.pt"
+    checkpoint = load_checkpoint(last)
+    shifted = {name: tensor + 0.25 for name, tensor in checkpoint.model_state.items()}
+    checkpoint.model_state = shifted
+    save_checkpoint(checkpoint, last)
+    fit(config(pets, tmp_path / "run", epochs=2, resume=str(last)), progress=False)
+    resumed = load_checkpoint(last).model_state
+    assert max(float((resumed[name] - shifted[name]).abs().max()) for name in shifted) < 0.01
 
 
 def test_a_resumed_run_keeps_the_checkpoints_image_size(pets: Path, tmp_path: Path,
