@@ -16,6 +16,7 @@ from torch import nn
 from models.checkpoint import Checkpoint, CheckpointError
 from training import fit
 from training.config import TrainConfig
+from training.distributed import DistInfo
 from training.ema import WeightAverage
 from training.loop import EpochResult
 from training.metrics import SegmentationMetrics
@@ -252,3 +253,65 @@ def test_encoder_weights_from_a_file_go_into_the_resnet_encoder(tmp_path: Path,
         assert torch.equal(model.encoder.state_dict()[name], tensor), name
     count = len(source.encoder.state_dict())
     assert f"encoder: {count} tensors loaded from {tmp_path / 'encoder.pt'}" in caplog.messages
+
+
+class RunRecorder:
+    """Stands in for the run itself (``_fit``) and for torchrun's process group, recording what ``fit`` hands
+    them."""
+
+    def __init__(self, info: DistInfo) -> None:
+        self.info = info
+        self.runs: list[tuple] = []
+        self.joined: list[torch.device] = []
+        self.left: list[DistInfo] = []
+
+    def run(self, *args: object) -> str:
+        self.runs.append(args)
+        return "result"
+
+    def join(self, device: torch.device) -> DistInfo:
+        self.joined.append(device)
+        return self.info
+
+
+def recorder(monkeypatch: pytest.MonkeyPatch, info: DistInfo = DistInfo()) -> RunRecorder:
+    record = RunRecorder(info)
+    monkeypatch.setattr(fit, "_fit", record.run)
+    monkeypatch.setattr(fit, "init_distributed", record.join)
+    monkeypatch.setattr(fit, "cleanup_distributed", record.left.append)
+    monkeypatch.setattr("models.engine.runtime.cpu_supports_bf16", lambda: True)
+    return record
+
+
+def test_a_run_on_the_cpu_trains_in_fp32_unless_asked_and_shows_its_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    record = recorder(monkeypatch)
+    config = TrainConfig(net="UNet", device="cpu", amp="auto")
+    assert fit.fit(config) == "result"
+    assert record.runs == [(config, torch.device("cpu"), "fp32", DistInfo(), True)]  # bf16 only when asked
+    assert config.net == "unet" and record.joined == [torch.device("cpu")] and record.left == [DistInfo()]
+    fit.fit(TrainConfig(device="cpu", amp="bf16"), progress=False)
+    assert record.runs[1][2:] == ("bf16", DistInfo(), False)
+
+
+def test_only_the_first_rank_shows_progress_and_every_rank_leaves_the_process_group(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    second = DistInfo(rank=1, world_size=2, local_rank=1)
+    record = recorder(monkeypatch, second)
+    fit.fit(TrainConfig(device="cpu", amp="fp32"))
+    assert record.runs[0][1:] == (torch.device("cpu"), "fp32", second, False) and record.left == [second]
+
+    def failing_run(*args: object) -> None:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(fit, "_fit", failing_run)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        fit.fit(TrainConfig(device="cpu", amp="fp32"))
+    assert record.left == [second, second]
+
+
+def test_a_configuration_that_does_not_hold_is_refused_before_the_process_group_is_joined(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    record = recorder(monkeypatch)
+    with pytest.raises(ValueError, match="^--teacher-images and --teacher-labels go together$"):
+        fit.fit(TrainConfig(device="cpu", amp="fp32", teacher_images="photos"))
+    assert record.joined == [] and record.runs == []
