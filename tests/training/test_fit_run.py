@@ -201,3 +201,87 @@ def test_data_a_run_cannot_use_is_refused_before_training(pets: Path, tmp_path: 
     with pytest.raises(ValueError, match=r"the train and valid splits need at least one image each \(got 0 and 1\)"):
         fit(config(one, tmp_path / "run"), progress=False)
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def fit_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == "training.fit"
+            and not record.getMessage().startswith("data: ")]
+
+
+@pytest.mark.parametrize(("warmup", "memory"), [(False, "from the first step"),
+                                                (True, "reached after a warm-up from a short memory")])
+def test_a_run_says_what_it_trains_and_how_each_epoch_went(pets: Path, tmp_path: Path, warmup: bool, memory: str,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="training.fit"):
+        result = fit(config(pets, out, epochs=1, ema_decay=0.9, ema_warmup=warmup, channels_last=False,
+                            weight_decay=1e-4), progress=False)
+    h = {key: values[0] for key, values in result.history.items()}
+    assert fit_messages(caplog) == [
+        f"training unet on cpu (fp32, channels_last=False) for epochs 1..1 -> {out}",
+        f"weight average: EMA with decay 0.9 per step (about 10 steps, {memory}); validated and saved in place of "
+        "the trained weights",
+        f"epoch 1/1  train loss {h['train_loss']:.4f} dice {h['train_dice']:.4f} | valid loss {h['val_loss']:.4f} "
+        f"dice {h['val_dice']:.4f} (trained weights {h[TRAINED_DICE]:.4f}) iou {h['val_iou']:.4f} | lr 1.00e-03 | "
+        f"{h['seconds']:.1f}s  * best"]
+    assert 0 < h["seconds"] < 600 and h["val_dice"] != h[TRAINED_DICE]  # the average is what is validated
+    state = load_checkpoint(out / "last.pt").training_state
+    assert state["ema_warmup"] is warmup and state["optimizer"]["param_groups"][0]["weight_decay"] == 1e-4
+
+
+def test_the_teacher_mix_names_each_sources_loss_in_the_epochs_line(pets: Path, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    images, labels = write_teacher_set(tmp_path / "teacher", count=6)
+    with caplog.at_level(logging.INFO, logger="training.fit"):
+        result = fit(config(pets, tmp_path / "run", epochs=1, teacher_images=str(images), teacher_labels=str(labels),
+                            teacher_holdout=0, fold=None), progress=False)
+    h = {key: values[0] for key, values in result.history.items()}
+    assert fit_messages(caplog)[-1].endswith(
+        f"| {h['seconds']:.1f}s | labelled photos' loss {h['train_loss_labelled']:.4f} | teacher photos' loss "
+        f"{h['train_loss_teacher']:.4f}")  # no "* best" without a validation split
+
+
+def test_a_resumed_run_takes_its_best_so_far_from_the_checkpoint_or_else_from_its_metrics(
+        pets: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fit(config(pets, tmp_path / "run", epochs=1), progress=False)
+    first = load_checkpoint(tmp_path / "run" / "last.pt")
+    cases = [({"best_dice": 0.125, "best_epoch": 7}, {"val_dice": 0.5}, "best valid Dice 0.1250 at epoch 7"),
+             ({}, {"val_dice": 0.5}, "best valid Dice 0.5000 at epoch 1"),  # written before these were kept
+             ({}, {}, "best valid Dice -1.0000 at epoch 1")]
+    for index, (kept, metrics, said) in enumerate(cases):
+        checkpoint = load_checkpoint(tmp_path / "run" / "last.pt")
+        state = {k: v for k, v in first.training_state.items() if k not in ("best_dice", "best_epoch")}
+        checkpoint.training_state, checkpoint.metrics = state | kept, metrics
+        resume = tmp_path / f"resume{index}.pt"
+        save_checkpoint(checkpoint, resume)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="training.fit"):
+            fit(config(pets, tmp_path / f"run{index}", epochs=2, resume=str(resume)), progress=False)
+        assert f"resumed {resume} at epoch 1 ({said})" in caplog.messages, said
+        assert not any(message.startswith("nothing to do") for message in caplog.messages)
+
+
+def test_a_resumed_schedule_goes_on_where_it_stopped(pets: Path, tmp_path: Path) -> None:
+    fit(config(pets, tmp_path / "run", epochs=1, scheduler="cosine"), progress=False)
+    fit(config(pets, tmp_path / "run", epochs=2, scheduler="cosine", resume=str(tmp_path / "run" / "last.pt")),
+        progress=False)
+    assert load_checkpoint(tmp_path / "run" / "last.pt").training_state["scheduler"]["last_epoch"] == 4
+
+
+def test_a_checkpoint_of_another_network_cannot_be_resumed(pets: Path, tmp_path: Path) -> None:
+    fit(config(pets, tmp_path / "run", epochs=1), progress=False)
+    with pytest.raises(CheckpointError, match="holds a 'unet' model, not 'resnet34_unet'"):
+        fit(config(pets, tmp_path / "run", epochs=2, net="resnet34_unet", resume=str(tmp_path / "run" / "last.pt")),
+            progress=False)
+
+
+def test_a_new_run_loads_encoder_weights_into_its_model_and_a_resumed_one_does_not(
+        pets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loads: list[tuple[nn.Module, TrainConfig, bool]] = []
+    monkeypatch.setattr("training.fit._load_encoder_weights", lambda *args: loads.append(args))
+    run = config(pets, tmp_path / "run", epochs=1, encoder_weights="encoder.pt")
+    fit(run, progress=True)
+    assert len(loads) == 1 and isinstance(loads[0][0], TinyNet) and loads[0][1:] == (run, True)
+    fit(config(pets, tmp_path / "run", epochs=2, encoder_weights="encoder.pt",
+               resume=str(tmp_path / "run" / "last.pt")), progress=False)
+    assert len(loads) == 1
