@@ -285,3 +285,48 @@ def test_a_new_run_loads_encoder_weights_into_its_model_and_a_resumed_one_does_n
     fit(config(pets, tmp_path / "run", epochs=2, encoder_weights="encoder.pt",
                resume=str(tmp_path / "run" / "last.pt")), progress=False)
     assert len(loads) == 1
+
+
+def test_a_run_with_progress_shows_a_bar_for_each_stage(pets: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    fit(config(pets, tmp_path / "quiet", epochs=1), progress=False)
+    assert capsys.readouterr().err == ""
+    fit(config(pets, tmp_path / "run", epochs=1), progress=True)
+    bars = capsys.readouterr().err
+    for label in ("decode train", "decode valid", "epoch 1/1", "valid"):
+        assert f"{label}: " in bars, label
+    assert "valid (trained weights)" not in bars  # no weight average, so no second validation
+    fit(config(pets, tmp_path / "ema", epochs=1, ema_decay=0.9), progress=True)
+    assert "valid (trained weights): " in capsys.readouterr().err
+
+
+def test_a_step_gets_the_runs_precision_layout_optimisation_and_source_weights(
+        pets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.fit as fit_module
+    from training.loop import StepContext
+    from training.pseudo_data import SOURCE_TEACHER
+
+    contexts: list[StepContext] = []
+
+    def recorded(*args: object, **kwargs: object) -> StepContext:
+        contexts.append(StepContext(*args, **kwargs))  # type: ignore[arg-type]
+        return contexts[-1]
+
+    monkeypatch.setattr(fit_module, "StepContext", recorded)
+    fit(config(pets, tmp_path / "run", epochs=1, channels_last=False, clip_grad_norm=0.5, ema_decay=0.9,
+               teacher_weight=0.25, scheduler="cosine"), progress=True)
+    (ctx,) = contexts
+    assert (ctx.device, ctx.precision, ctx.channels_last, ctx.scaler) == (torch.device("cpu"), "fp32", False, None)
+    assert (ctx.clip_grad_norm, ctx.progress, ctx.source_weights) == (0.5, True, {SOURCE_TEACHER: 0.25})
+    assert isinstance(ctx.optimizer, torch.optim.Adam) and ctx.scheduler is not None
+    assert ctx.weight_average is not None and ctx.weight_average.decay == 0.9
+
+
+def test_resuming_a_run_kept_with_an_average_without_one_names_the_checkpoint(
+        pets: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fit(config(pets, tmp_path / "run", epochs=1, ema_decay=0.9), progress=False)
+    last = tmp_path / "run" / "last.pt"
+    with caplog.at_level(logging.WARNING, logger="training.fit"):
+        fit(config(pets, tmp_path / "run", epochs=2, resume=str(last)), progress=False)
+    assert caplog.messages == [f"{last} kept a weight average (EMA); resuming without --ema goes on from the trained "
+                               "weights and drops the average"]
