@@ -55,6 +55,14 @@ def test_cosine_without_warm_up_starts_at_the_full_rate() -> None:
     assert learning_rates(TrainConfig(scheduler="cosine", epochs=1), steps_per_epoch=0, steps=2)[0] == 1.0
 
 
+def test_a_single_step_of_cosine_decays_in_full() -> None:
+    """The shortest schedules: one step in all, and one step after a one-step warm-up, each end at a hundredth."""
+    assert learning_rates(TrainConfig(scheduler="cosine", epochs=1), steps_per_epoch=1, steps=2) == pytest.approx(
+        [1.0, 0.01])
+    warmed = TrainConfig(scheduler="cosine", epochs=2, warmup_epochs=1)
+    assert learning_rates(warmed, steps_per_epoch=1, steps=3) == pytest.approx([1.0, 1.0, 0.01])
+
+
 def scored(dice: list[float], loss: float) -> EpochResult:
     metrics = SegmentationMetrics()
     metrics.names += [f"a_{i}" for i in range(len(dice))]

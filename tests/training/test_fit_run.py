@@ -229,6 +229,17 @@ def test_a_run_says_what_it_trains_and_how_each_epoch_went(pets: Path, tmp_path:
     assert state["ema_warmup"] is warmup and state["optimizer"]["param_groups"][0]["weight_decay"] == 1e-4
 
 
+def test_an_epoch_without_a_weight_average_has_one_valid_dice(pets: Path, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="training.fit"):
+        result = fit(config(pets, tmp_path / "run", epochs=1, border_is_pet=False), progress=False)
+    h = {key: values[0] for key, values in result.history.items()}
+    assert fit_messages(caplog)[-1] == (
+        f"epoch 1/1  train loss {h['train_loss']:.4f} dice {h['train_dice']:.4f} | valid loss {h['val_loss']:.4f} "
+        f"dice {h['val_dice']:.4f} iou {h['val_iou']:.4f} | lr 1.00e-03 | {h['seconds']:.1f}s  * best")
+    assert load_checkpoint(tmp_path / "run" / "last.pt").border_is_pet is False  # what the service will serve
+
+
 def test_the_teacher_mix_names_each_sources_loss_in_the_epochs_line(pets: Path, tmp_path: Path,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     images, labels = write_teacher_set(tmp_path / "teacher", count=6)
@@ -295,6 +306,10 @@ def test_a_run_with_progress_shows_a_bar_for_each_stage(pets: Path, tmp_path: Pa
     bars = capsys.readouterr().err
     for label in ("decode train", "decode valid", "epoch 1/1", "valid"):
         assert f"{label}: " in bars, label
+    images, labels = write_teacher_set(tmp_path / "teacher", count=3)
+    fit(config(pets, tmp_path / "mix", epochs=1, teacher_images=str(images), teacher_labels=str(labels),
+               teacher_holdout=0), progress=True)
+    assert "decode teacher-labelled: " in capsys.readouterr().err
     assert "valid (trained weights)" not in bars  # no weight average, so no second validation
     fit(config(pets, tmp_path / "ema", epochs=1, ema_decay=0.9), progress=True)
     assert "valid (trained weights): " in capsys.readouterr().err
