@@ -84,6 +84,19 @@ def test_small_blobs_are_dropped_at_the_requests_threshold_and_the_settings_rati
     assert np.count_nonzero(mask) == pytest.approx(32 * 32, abs=4 * 32)
 
 
+@pytest.mark.parametrize(("border_is_pet", "dice"), [(True, 2 * 1024 / (1024 + 1280)), (False, 1.0)])
+def test_a_trimaps_border_counts_as_the_model_was_trained(service: SegmentationService,
+                                                          monkeypatch: pytest.MonkeyPatch, border_is_pet: bool,
+                                                          dice: float) -> None:
+    """The mask is the 32x32 blob at (8, 8) of the photo; the trimap's pet is that blob, its border band the 8x32
+    below it."""
+    trimap = np.full((2 * S, 2 * S), 2, np.uint8)
+    trimap[8:40, 8:40] = 1
+    trimap[40:48, 8:40] = 3
+    monkeypatch.setattr(service.segmenter.checkpoint, "border_is_pet", border_is_pet)
+    assert _segment(service, ground_truth=png_bytes(trimap)).dice == pytest.approx(dice)
+
+
 def test_the_region_of_interest_clears_the_mask_outside_it(service: SegmentationService) -> None:
     request = RenderRequest(roi=parse_roi("0px 0px 20px 128px"))  # the left part of the big blob only
     result = _segment(service, request, threshold=0.5)
