@@ -204,6 +204,10 @@ def test_data_a_run_cannot_use_is_refused_before_training(pets: Path, tmp_path: 
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
+def first_epoch(history: dict[str, list[float]]) -> dict[str, float]:
+    return {key: values[0] for key, values in history.items()}
+
+
 def fit_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [record.getMessage() for record in caplog.records if record.name == "training.fit"
             and not record.getMessage().startswith("data: ")]
@@ -220,7 +224,7 @@ def test_a_run_says_what_it_trains_and_how_each_epoch_went(pets: Path, tmp_path:
     with caplog.at_level(logging.INFO, logger="training.fit"):
         result = fit(config(pets, out, epochs=1, ema_decay=0.9, ema_warmup=warmup, channels_last=False,
                             weight_decay=1e-4), progress=False)
-    h = {key: values[0] for key, values in result.history.items()}
+    h = first_epoch(result.history)
     assert fit_messages(caplog) == [
         f"training unet on cpu (fp32, channels_last=False) for epochs 1..1 -> {out}",
         f"weight average: EMA with decay 0.9 per step (about 10 steps, {memory}); validated and saved in place of "
@@ -237,7 +241,7 @@ def test_an_epoch_without_a_weight_average_has_one_valid_dice(pets: Path, tmp_pa
                                                                caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="training.fit"):
         result = fit(config(pets, tmp_path / "run", epochs=1, border_is_pet=False), progress=False)
-    h = {key: values[0] for key, values in result.history.items()}
+    h = first_epoch(result.history)
     assert fit_messages(caplog)[-1] == (
         f"epoch 1/1  train loss {h['train_loss']:.4f} dice {h['train_dice']:.4f} | valid loss {h['val_loss']:.4f} "
         f"dice {h['val_dice']:.4f} iou {h['val_iou']:.4f} | lr 1.00e-03 | {h['seconds']:.1f}s  * best")
@@ -250,7 +254,7 @@ def test_the_teacher_mix_names_each_sources_loss_in_the_epochs_line(pets: Path, 
     with caplog.at_level(logging.INFO, logger="training.fit"):
         result = fit(config(pets, tmp_path / "run", epochs=1, teacher_images=str(images), teacher_labels=str(labels),
                             teacher_holdout=0, fold=None), progress=False)
-    h = {key: values[0] for key, values in result.history.items()}
+    h = first_epoch(result.history)
     assert fit_messages(caplog)[-1].endswith(
         f"| {h['seconds']:.1f}s | labelled photos' loss {h['train_loss_labelled']:.4f} | teacher photos' loss "
         f"{h['train_loss_teacher']:.4f}")  # no "* best" without a validation split
