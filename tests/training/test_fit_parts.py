@@ -222,9 +222,8 @@ def test_the_mix_repeats_the_labelled_photos_and_holds_one_teacher_photo_in_n_ou
     assert len(mix.datasets) == 4 and len(mix) == 3 * 2 + 5
     assert all(part.dataset is labelled and part.source == SOURCE_LABELLED for part in mix.datasets[:3])
     assert isinstance(mix.datasets[3], RecordedTeacherSet)
-    fit._with_teacher_labels(labelled, TrainConfig(teacher_holdout=0, limit=2, **settings), True)
-    assert RecordedTeacherSet.made[1]["names"] is None and RecordedTeacherSet.made[1]["progress"] is True
     limited = fit._with_teacher_labels(labelled, TrainConfig(teacher_holdout=0, limit=2, **settings), True)
+    assert RecordedTeacherSet.made[1]["names"] is None and RecordedTeacherSet.made[1]["progress"] is True
     assert list(limited.datasets[-1].indices) == [0, 1] and isinstance(limited.datasets[-1].dataset, RecordedTeacherSet)
 
 
