@@ -22,6 +22,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     image_size: int = 256
     augment: str = "report"
+    underexpose: float = 0.0  # the share of training photos darkened one to 1.5 stops (training.transforms)
     border_is_pet: bool = True
     ignore_border: bool = False  # the border band is left out of the loss (the checkpoint still scores it as pet)
     clip_grad_norm: float = 1.0
@@ -63,6 +64,8 @@ class TrainConfig:
             raise ValueError(f"--teacher-confidence must be in [0.5, 1], not {self.teacher_confidence}")
         if not 0.0 <= self.teacher_grow <= MAX_TEACHER_GROW:
             raise ValueError(f"--teacher-grow must be in [0, {MAX_TEACHER_GROW}], not {self.teacher_grow}")
+        if not 0.0 <= self.underexpose <= 1.0:
+            raise ValueError(f"--underexpose must be in [0, 1], not {self.underexpose}")
         if self.ignore_border and self.augment == "copy-paste":
             raise ValueError("--augment copy-paste cuts pets out along two-valued masks: use --border pet or "
                              "background")

@@ -72,6 +72,11 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def augmenting_transform(config: TrainConfig) -> Any:
+    """A run's training pipeline (``training.transforms``), shared by its labelled and teacher-labelled photos."""
+    return build_transform(config.augment, config.image_size, underexpose=config.underexpose)
+
+
 def _make_loaders(config: TrainConfig, device: torch.device, info: DistInfo, progress: bool
                   ) -> tuple[DataLoader, DataLoader | None, DistributedSampler | None]:
     """Train and valid loaders; no valid loader with ``fold=None`` (every trainval image trains)."""
@@ -79,7 +84,7 @@ def _make_loaders(config: TrainConfig, device: torch.device, info: DistInfo, pro
                               "ignore_border": config.ignore_border,
                               "cache": config.cache, "skip_bad": config.skip_bad, "progress": progress,
                               "folds": config.folds, "fold": config.fold, "holdout_breed": config.holdout_breed}
-    train_set: Any = PetDataset(config.data_path, "train", build_transform(config.augment, config.image_size), **common)
+    train_set: Any = PetDataset(config.data_path, "train", augmenting_transform(config), **common)
     valid_set: Any = PetDataset(config.data_path, "valid", build_transform("none", config.image_size), **common)
     if config.augment == "copy-paste":
         if not config.cache:
@@ -120,7 +125,7 @@ def _with_teacher_labels(labelled: Any, config: TrainConfig, progress: bool) -> 
     teacher = TeacherLabelledDataset(config.teacher_images, config.teacher_labels, image_size=config.image_size,
                                      confidence=config.teacher_confidence, edge_band=config.teacher_edge_band,
                                      grow=config.teacher_grow,
-                                     transform=build_transform(config.augment, config.image_size), names=names,
+                                     transform=augmenting_transform(config), names=names,
                                      progress=progress)
     if config.limit:
         teacher = Subset(teacher, range(min(config.limit, len(teacher))))  # type: ignore[assignment]

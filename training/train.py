@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from models.nets.registry import canonical_arch_name
-from training.cli import add_common_flags, at_least, check_can_write, run_cli, setup_logging
+from training.cli import add_common_flags, at_least, check_can_write, run_cli, setup_logging, unit_interval
 from training.config import SCHEDULERS, TrainConfig
 from training.transforms import AUGMENTATIONS
 
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", choices=AUGMENTATIONS, default=d.augment,
                    help="report = the lab report's flips, shifts and colour jitter; strong = harder, with crops, "
                         "blur and greyscale; copy-paste = strong on pets pasted onto other photos' backgrounds")
+    p.add_argument("--underexpose", type=unit_interval, default=d.underexpose, metavar="SHARE",
+                   help="darken this share of the training photos by one to one and a half stops, so the model "
+                        "meets underexposed rooms (0.2 in the model card's test; 0 = never)")
     p.add_argument("--border", choices=("pet", "background", "ignore"), default="pet",
                    help="what the trimap's border pixels count as in the loss (the report: pet); ignore = "
                         "neither, so the model learns the outline it sees rather than a fat band")
@@ -164,6 +167,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         data_path=args.data_path, net=args.net, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, weight_decay=args.weight_decay, scheduler=args.scheduler,
         warmup_epochs=args.warmup_epochs, image_size=args.image_size, augment=args.augment,
+        underexpose=args.underexpose,
         border_is_pet=args.border != "background", ignore_border=args.border == "ignore",
         clip_grad_norm=args.clip_grad, amp=args.amp,
         channels_last=args.channels_last, device=args.device, workers=args.workers, seed=args.seed,

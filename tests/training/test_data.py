@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from models.checkpoint import IMAGENET_MEAN, IMAGENET_STD
 from tests.factories import make_pet_dataset
 from training.data import PetDataset, list_split, load_sample
 from training.images import DatasetFileError, read_rgb, read_trimap, trimap_to_mask
-from training.transforms import build_transform
+from training.transforms import UNDEREXPOSURE, build_transform
 
 
 def split_names(root: Path, file: str) -> list[str]:
@@ -233,6 +234,40 @@ def test_valid_transform_is_deterministic() -> None:
     a, b = transform(image=image, mask=mask), transform(image=image, mask=mask)
     assert a["image"].shape == (32, 32, 3) and a["mask"].shape == (32, 32)
     assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["mask"], b["mask"])
+
+
+def mean_level(normalised: np.ndarray) -> float:
+    """The mean 0-255 level of an image the pipeline normalised."""
+    return float((normalised * np.array(IMAGENET_STD) + np.array(IMAGENET_MEAN)).mean() * 255)
+
+
+def test_underexpose_darkens_training_photos_by_one_to_one_and_a_half_stops() -> None:
+    grey, mask = np.full((32, 32, 3), 200, np.uint8), np.zeros((32, 32), np.uint8)
+    levels = {}
+    for share in (0.0, 1.0):
+        transform = build_transform("strong", 32, underexpose=share)
+        transform.set_random_seed(0)
+        levels[share] = [mean_level(transform(image=grey, mask=mask)["image"]) for _ in range(60)]
+    low, high = UNDEREXPOSURE
+    assert min(levels[0.0]) > 200 * 0.7 - 1  # strong's own jitter: brightness x0.7 to x1.3
+    assert max(levels[1.0]) < 200 * 1.3 * high + 1 and min(levels[1.0]) > 200 * 0.7 * low - 1
+    assert sum(level < 200 * 0.7 - 1 for level in levels[1.0]) > 30  # most fall below anything strong alone gives
+    assert (low, high) == (0.35, 0.7)
+
+
+@pytest.mark.parametrize("kind", ["report", "strong", "copy-paste"])
+def test_underexpose_is_one_step_before_normalising_with_that_chance(kind: str) -> None:
+    plain = [type(step).__name__ for step in build_transform(kind, 32).transforms]
+    steps = build_transform(kind, 32, underexpose=0.2).transforms
+    assert [type(step).__name__ for step in steps] == [*plain[:-1], "ColorJitter", "Normalize"]
+    darken = steps[-2]
+    assert darken.p == 0.2 and tuple(darken.brightness) == UNDEREXPOSURE
+    assert tuple(darken.contrast) == tuple(darken.saturation) == (1.0, 1.0) and tuple(darken.hue) == (0.0, 0.0)
+
+
+def test_validation_photos_are_never_darkened() -> None:
+    assert [type(step).__name__ for step in build_transform("none", 32, underexpose=1.0).transforms] == [
+        "Resize", "Normalize"]
 
 
 def test_unknown_augmentation_is_refused() -> None:

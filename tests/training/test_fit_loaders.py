@@ -11,11 +11,13 @@ import torch
 from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler, Subset
 
 from tests.factories import make_pet_dataset
+from tests.training.test_teacher_mix import write_teacher_set
 from training import fit
 from training.config import TrainConfig
 from training.copy_paste import CopyPaste
 from training.data import PetDataset
 from training.distributed import DistInfo, ShardSampler
+from training.transforms import UNDEREXPOSURE
 
 CPU = torch.device("cpu")
 
@@ -58,6 +60,20 @@ def test_the_training_split_is_augmented_and_the_validation_split_only_resized(p
     assert transform_names(valid.dataset) == ["Resize", "Normalize"]
     for dataset, split in ((train.dataset, "train"), (valid.dataset, "valid")):
         assert (dataset.split, dataset.image_size, dataset.border_is_pet) == (split, 32, False)
+
+
+def test_underexpose_reaches_the_training_photos_of_both_sources(pets: Path, tmp_path: Path) -> None:
+    train, valid, _ = loaders(pets, augment="strong", underexpose=0.3)
+    darken = train.dataset.transform.transforms[-2]
+    assert type(darken).__name__ == "ColorJitter" and darken.p == 0.3 and tuple(darken.brightness) == UNDEREXPOSURE
+    assert transform_names(valid.dataset) == ["Resize", "Normalize"]
+    assert transform_names(loaders(pets, augment="strong")[0].dataset)[-2] == "GaussianBlur"  # 0: no step
+    images, labels = write_teacher_set(tmp_path, count=3)
+    config = TrainConfig(data_path=str(pets), image_size=32, augment="strong", underexpose=0.3,
+                         teacher_images=str(images), teacher_labels=str(labels), teacher_holdout=0)
+    mix = fit._with_teacher_labels(train.dataset, config, False)
+    teacher = mix.datasets[-1]
+    assert teacher.transform.transforms[-2].p == 0.3
 
 
 def test_a_batch_as_large_as_the_split_keeps_every_photo(pets: Path) -> None:

@@ -13,8 +13,9 @@ from PIL import Image
 
 from models.checkpoint import load_checkpoint
 from tests.training._runs import FAST, train
+from training.config import TrainConfig
 from training.fit import HISTORY_KEYS
-from training.train import main
+from training.train import build_parser, config_from_args, main
 
 slow = pytest.mark.slow  # trains (or shares a fixture that trains): several seconds on a 2-core CPU
 
@@ -176,14 +177,27 @@ def test_train_resume_from_a_missing_checkpoint_is_exit_2(
         ["--image-size", "0"],
         ["-b", "x"],
         ["--augment", "heavy"],
+        ["--underexpose", "1.5"],
+        ["--underexpose", "-0.1"],
     ],
-    ids=["epochs-0", "net-foo", "amp-xyz", "negative-lr", "image-size-0", "batch-x", "augment-heavy"],
+    ids=["epochs-0", "net-foo", "amp-xyz", "negative-lr", "image-size-0", "batch-x", "augment-heavy",
+         "underexpose-1.5", "underexpose-negative"],
 )
 def test_train_bad_flags_exit_2(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(flags)
     assert exit_info.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_underexpose_reaches_the_runs_config_and_a_bad_share_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    assert config_from_args(build_parser().parse_args(["--underexpose", "0.2"])).underexpose == 0.2
+    assert config_from_args(build_parser().parse_args([])).underexpose == 0.0
+    with pytest.raises(SystemExit):
+        main(["--underexpose", "2"])
+    assert "--underexpose: expected a number between 0 and 1, not '2'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"--underexpose must be in \[0, 1\], not 1.5"):
+        TrainConfig(underexpose=1.5).check()
 
 
 def test_train_unknown_net_lists_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
