@@ -133,7 +133,9 @@ class OnnxSaliencyTeacher:
         import openvino as ov
 
         core = ov.Core()
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        # Without ENABLE_CPU_PINNING off, OpenVINO pins the inferring thread to the first core: two shards run
+        # with one thread each then share core 0 and label at half the speed.
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
         compiled = core.compile_model(core.read_model(str(self.path)), "CPU", config)

@@ -181,6 +181,22 @@ def test_openvino_and_onnxruntime_give_the_same_labels(teacher_file: Path) -> No
     assert np.abs(ov.probabilities(image) - ort.probabilities(image)).max() < 1e-3
 
 
+def test_openvino_leaves_the_thread_unpinned_so_one_thread_shards_use_every_core(
+        teacher_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pinned, the inferring thread of every process sits on core 0: two ``--threads 1`` shards share one core."""
+    openvino = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install -e '.[openvino]')")
+    configs: list[dict] = []
+
+    class RecordingCore(openvino.Core):
+        def compile_model(self, model: object, device: str, config: dict) -> object:
+            configs.append(dict(config))
+            return super().compile_model(model, device, config)
+
+    monkeypatch.setattr(openvino, "Core", RecordingCore)
+    OnnxSaliencyTeacher(teacher_file, runtime="openvino", threads=1)
+    assert configs == [{"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False, "INFERENCE_NUM_THREADS": 1}]
+
+
 def test_openvino_is_refused_at_a_side_other_than_the_models_own(teacher_file: Path) -> None:
     with pytest.raises(ValueError, match="its own side 64"):
         OnnxSaliencyTeacher(teacher_file, OnnxAdapter(size=96), runtime="openvino")
