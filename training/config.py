@@ -33,6 +33,7 @@ class TrainConfig:
     seed: int = 42
     out: str = "runs/unet"
     resume: str | None = None
+    save_every: float = 0.0  # minutes between saves of last.pt part-way through an epoch; 0 = at each epoch's end
     cache: bool = True
     skip_bad: bool = False
     limit: int | None = None
@@ -66,6 +67,8 @@ class TrainConfig:
             raise ValueError(f"--teacher-grow must be in [0, {MAX_TEACHER_GROW}], not {self.teacher_grow}")
         if not 0.0 <= self.underexpose <= 1.0:
             raise ValueError(f"--underexpose must be in [0, 1], not {self.underexpose}")
+        if self.save_every < 0:
+            raise ValueError(f"--save-every must be >= 0 minutes, not {self.save_every}")
         if self.ignore_border and self.augment == "copy-paste":
             raise ValueError("--augment copy-paste cuts pets out along two-valued masks: use --border pet or "
                              "background")

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import ConcatDataset, DataLoader, Subset
-from torch.utils.data.distributed import DistributedSampler
 
 from models import build_model
 from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
@@ -33,6 +32,7 @@ from training.loop import EpochResult, StepContext, evaluate_epoch, train_one_ep
 from training.losses import BCEDiceLoss
 from training.metrics import SegmentationMetrics
 from training.plots import plot_history
+from training.progress import EpochProgress, ProgressSaver, ResumableSampler
 from training.pseudo_data import (
     SOURCE_LABELLED,
     SOURCE_NAMES,
@@ -78,7 +78,7 @@ def augmenting_transform(config: TrainConfig) -> Any:
 
 
 def _make_loaders(config: TrainConfig, device: torch.device, info: DistInfo, progress: bool
-                  ) -> tuple[DataLoader, DataLoader | None, DistributedSampler | None]:
+                  ) -> tuple[DataLoader, DataLoader | None, ResumableSampler]:
     """Train and valid loaders; no valid loader with ``fold=None`` (every trainval image trains)."""
     common: dict[str, Any] = {"image_size": config.image_size, "border_is_pet": config.border_is_pet,
                               "ignore_border": config.ignore_border,
@@ -103,11 +103,11 @@ def _make_loaders(config: TrainConfig, device: torch.device, info: DistInfo, pro
     if not holding_out:
         log.info("no validation split (--fold none): every epoch is saved as best.pt, the last one is the model")
     generator = torch.Generator().manual_seed(config.seed)
-    train_sampler = DistributedSampler(train_set, shuffle=True, seed=config.seed) if info.enabled else None
+    train_sampler = ResumableSampler(train_set, num_replicas=info.world_size, rank=info.rank, seed=config.seed)
     valid_sampler = ShardSampler(len(valid_set), info) if info.enabled else None
     loader_args: dict[str, Any] = {"num_workers": config.workers, "pin_memory": device.type == "cuda",
                                    "worker_init_fn": _seed_worker, "persistent_workers": config.workers > 0}
-    train_loader = DataLoader(train_set, config.batch_size, shuffle=train_sampler is None, sampler=train_sampler,
+    train_loader = DataLoader(train_set, config.batch_size, sampler=train_sampler,
                               drop_last=len(train_set) > config.batch_size, generator=generator, **loader_args)
     valid_loader = DataLoader(valid_set, config.batch_size, shuffle=False, sampler=valid_sampler,
                               **loader_args) if holding_out else None
@@ -181,6 +181,9 @@ def fit(config: TrainConfig, *, progress: bool = True) -> FitResult:
 
 
 def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistInfo, progress: bool) -> FitResult:
+    if info.enabled and config.save_every > 0:
+        raise ValueError("--save-every saves part-way through an epoch from a single process; under torchrun "
+                         "each epoch's end is saved")
     seed_everything(config.seed + info.rank)
     out_dir = Path(config.out)
     resume = load_checkpoint(config.resume, expected_arch=config.net) if config.resume else None
@@ -213,15 +216,26 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
     if average is not None:
         history[TRAINED_DICE] = []
     best_dice, best_epoch, start_epoch = -1.0, 0, 1
+    under_way: EpochProgress | None = None  # an epoch a mid-epoch save stopped in
+    last_metrics: dict[str, float] = {}
     if resume is not None:
         start_epoch = resume.epoch + 1
         state = resume.training_state or {}
+        if state.get("partial"):  # saved part-way through epoch ``resume.epoch + 1``
+            under_way = EpochProgress.from_dict(state["partial"])
+        last_metrics = dict(resume.metrics)
         _restore(state, optimizer, scheduler, scaler)
         history.update({k: list(v) for k, v in (state.get("history") or {}).items()})
         best_dice = float(state.get("best_dice", resume.metrics.get("val_dice", -1.0)))
         best_epoch = int(state.get("best_epoch", resume.epoch))
         log.info("resumed %s at epoch %d (best valid Dice %.4f at epoch %d)", config.resume, resume.epoch,
                  best_dice, best_epoch)
+        if under_way is not None and (under_way.photos, under_way.seed) != (train_sampler.num_samples, config.seed):
+            log.warning("epoch %d starts over: its order of %d photos (seed %d) is now %d photos (seed %d)",
+                        under_way.epoch, under_way.photos, under_way.seed, train_sampler.num_samples, config.seed)
+            under_way = None
+        if under_way is not None:
+            log.info("epoch %d goes on after the %d photos it had trained on", under_way.epoch, under_way.samples)
     if start_epoch > config.epochs:
         log.info("nothing to do: the checkpoint already reached epoch %d of %d", start_epoch - 1, config.epochs)
 
@@ -237,12 +251,38 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
             log.info("weight average: EMA with decay %g per step (about %.0f steps%s); validated and saved in place "
                      "of the trained weights", average.decay, 1.0 / (1.0 - average.decay),
                      ", reached after a warm-up from a short memory" if average.warmup else ", from the first step")
+
+    def checkpoint_at(epoch: int, metrics: dict[str, float], partial: dict[str, Any] | None = None) -> Checkpoint:
+        """What last.pt holds: the weights and everything a resumed run needs (``partial``: where an epoch
+        under way stands; ``epoch`` is then the last one finished)."""
+        state: dict[str, Any] = {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
+            "scaler": scaler.state_dict() if scaler else None, "history": history, "best_dice": best_dice,
+            "best_epoch": best_epoch, "partial": partial}
+        if average is not None:  # the trained weights, to resume from; the checkpoint's weights are the average
+            state.update(live_model=core.state_dict(), ema_updates=average.updates, ema_decay=average.decay,
+                         ema_warmup=average.warmup)
+        return Checkpoint(arch=config.net, model_state=saved.state_dict(), image_size=config.image_size,
+                          border_is_pet=config.border_is_pet, epoch=epoch, metrics=metrics, config=config.to_dict(),
+                          training_state=state)
+
+    def save_under_way(progress: EpochProgress) -> None:
+        partial = {**progress.to_dict(), "seconds": time.perf_counter() - started}
+        save_checkpoint(checkpoint_at(progress.epoch - 1, last_metrics, partial), out_dir / "last.pt")
+        log.info("epoch %d: saved after %d photos (%s)", progress.epoch, progress.samples, out_dir / "last.pt")
+
+    saver = ProgressSaver(config.save_every * 60, save_under_way) if config.save_every > 0 else None
+    ctx.after_step = saver
     reduce = (lambda r: gather_result(r, info)) if info.enabled else None
     for epoch in range(start_epoch, config.epochs + 1):
-        started = time.perf_counter()
-        if train_sampler is not None:
-            train_sampler.set_epoch(epoch)
-        train = train_one_epoch(model, train_loader, ctx, desc=f"epoch {epoch}/{config.epochs}", reduce=reduce)
+        progress = under_way if under_way is not None and under_way.epoch == epoch else EpochProgress(
+            epoch, photos=train_sampler.num_samples, seed=config.seed)
+        started = time.perf_counter() - progress.seconds
+        train_sampler.set_epoch(epoch, skip=progress.samples)
+        if saver is not None:
+            saver.restart()
+        train = train_one_epoch(model, train_loader, ctx, desc=f"epoch {epoch}/{config.epochs}", reduce=reduce,
+                                progress=progress)
         if valid_loader is None:  # --fold none: nothing held out, nothing to pick; the latest epoch is the best
             metrics = _epoch_metrics(train, None)
         else:
@@ -261,6 +301,7 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
         improved = valid_loader is None or metrics["val_dice"] > best_dice
         if improved:
             best_dice, best_epoch = metrics["val_dice"], epoch
+        last_metrics = metrics
         if info.is_main:
             trained_note = f" (trained weights {metrics[TRAINED_DICE]:.4f})" if TRAINED_DICE in metrics else ""
             by_source = "".join(f" | {key[len('train_loss_'):]} photos' loss {value:.4f}" for key, value in
@@ -269,16 +310,7 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
                      "%.1fs%s%s", epoch, config.epochs, metrics["train_loss"], metrics["train_dice"],
                      metrics["val_loss"], metrics["val_dice"], trained_note, metrics["val_iou"], lr, seconds,
                      by_source, "  * best" if improved and valid_loader is not None else "")
-            state = {"optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict() if scheduler else None,
-                     "scaler": scaler.state_dict() if scaler else None,
-                     "history": history, "best_dice": best_dice, "best_epoch": best_epoch}
-            if average is not None:  # the trained weights, to resume from; the checkpoint's weights are the average
-                state.update(live_model=core.state_dict(), ema_updates=average.updates, ema_decay=average.decay,
-                             ema_warmup=average.warmup)
-            checkpoint = Checkpoint(arch=config.net, model_state=saved.state_dict(), image_size=config.image_size,
-                                    border_is_pet=config.border_is_pet, epoch=epoch, metrics=metrics,
-                                    config=config.to_dict(), training_state=state)
+            checkpoint = checkpoint_at(epoch, metrics)
             save_checkpoint(checkpoint, out_dir / "last.pt")
             if improved:
                 save_checkpoint(checkpoint, out_dir / "best.pt")
@@ -296,7 +328,7 @@ def _restore_weight_average(resume: Checkpoint, core: nn.Module, average: Weight
         return
     core.load_state_dict(live)
     if average is None:
-        log.warning("%s kept a weight average (EMA); resuming without --ema goes on from the trained weights and "
+        log.warning("%s kept a weight average (EMA); resuming with --ema 0 goes on from the trained weights and "
                     "drops the average", source)
         return
     # runs saved before the warm-up existed kept a fixed decay, and go on with it

@@ -14,6 +14,7 @@ from training.ema import WeightAverage
 from training.images import MASK_IGNORE
 from training.losses import loss_by_source
 from training.metrics import SegmentationMetrics
+from training.progress import EpochProgress
 
 __all__ = ["EpochResult", "StepContext", "evaluate_epoch", "train_one_epoch"]
 
@@ -33,6 +34,7 @@ class StepContext:
     progress: bool = True
     weight_average: WeightAverage | None = None
     source_weights: dict[int, float] = field(default_factory=dict)  # loss weight per sample ``source`` tag
+    after_step: Callable[[EpochProgress], None] | None = None  # e.g. a mid-epoch save (training.progress)
 
     def to_device(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         non_blocking = self.device.type == "cuda"
@@ -51,14 +53,16 @@ class EpochResult:
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, Any]], ctx: StepContext, desc: str = "train",
-                    reduce: Callable[[EpochResult], EpochResult] | None = None) -> EpochResult:
-    """Forward, backward, clip, step, per batch; loss averaged per image over the epoch."""
+                    reduce: Callable[[EpochResult], EpochResult] | None = None,
+                    progress: EpochProgress | None = None) -> EpochResult:
+    """Forward, backward, clip, step, per batch; loss averaged per image over the epoch. ``progress``: the sums of
+    an epoch resumed part-way (the loader then holds only the photos it had still to train on)."""
     assert ctx.optimizer is not None, "training needs an optimizer"
     model.train()
-    metrics = SegmentationMetrics()
-    loss_sum, seen = 0.0, 0
-    source_sums: dict[int, list[float]] = {}  # source -> [loss x images, images]
-    bar = tqdm(loader, desc=desc, unit="batch", disable=not ctx.progress, leave=False)
+    progress = progress or EpochProgress(epoch=0)
+    steps_done = progress.samples // max(1, getattr(loader, "batch_size", None) or 1)
+    bar = tqdm(loader, desc=desc, unit="batch", disable=not ctx.progress, leave=False, initial=steps_done,
+               total=steps_done + len(loader) if hasattr(loader, "__len__") else None)
     for batch in bar:
         images, masks = ctx.to_device(batch)
         with autocast(ctx.device, ctx.precision):
@@ -67,7 +71,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, Any]], ctx: Ste
             loss, parts = loss_by_source(ctx.criterion, logits, masks, batch["source"].to(masks.device),
                                          ctx.source_weights)
             for source, (part, count) in parts.items():
-                sums = source_sums.setdefault(source, [0.0, 0])
+                sums = progress.source_sums.setdefault(source, [0.0, 0])
                 sums[0] += part * count
                 sums[1] += count
         else:
@@ -90,12 +94,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable[dict[str, Any]], ctx: Ste
         if ctx.weight_average is not None:
             ctx.weight_average.update(getattr(model, "module", model))  # the network inside DDP
         batch_size = images.shape[0]
-        loss_sum += float(loss.detach()) * batch_size
-        seen += batch_size
-        metrics.update(logits.detach() > 0, masks == 1, list(batch["name"]), ignore=masks == MASK_IGNORE)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-    result = EpochResult(loss_sum / max(seen, 1), metrics, {s: total / count for s, (total, count) in
-                                                            source_sums.items() if count})
+        progress.loss_sum += float(loss.detach()) * batch_size
+        progress.samples += batch_size
+        progress.metrics.update(logits.detach() > 0, masks == 1, list(batch["name"]), ignore=masks == MASK_IGNORE)
+        bar.set_postfix(loss=f"{progress.loss_sum / progress.samples:.4f}")
+        if ctx.after_step is not None:
+            ctx.after_step(progress)
+    result = EpochResult(progress.loss_sum / max(progress.samples, 1), progress.metrics,
+                         {s: total / count for s, (total, count) in progress.source_sums.items() if count})
     return reduce(result) if reduce else result
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from models.nets.registry import canonical_arch_name
 from training.cli import add_common_flags, at_least, check_can_write, run_cli, setup_logging, unit_interval
 from training.config import SCHEDULERS, TrainConfig
+from training.run_settings import explicit_flags, inherit_run_settings
 from training.transforms import AUGMENTATIONS
 
 log = logging.getLogger("training.train")
@@ -91,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "neither, so the model learns the outline it sees rather than a fat band")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                    help="keep tensors NCHW (channels_last is faster for convolutions on CPUs and GPUs)")
+    p.add_argument("--save-every", type=positive_float, default=d.save_every, metavar="MINUTES",
+                   help="also save last.pt every MINUTES during an epoch, with where the epoch stands: resumed "
+                        "from it (--model last), the run trains on from that photo, so a stopped run loses at most "
+                        "MINUTES of an hour-long epoch (default: at each epoch's end only)")
     p.add_argument("--no-cache", dest="cache", action="store_false", help="decode images every epoch")
     p.add_argument("--skip-bad", action="store_true", help="report and skip unreadable samples instead of failing")
     p.add_argument("--limit", type=at_least(1), default=None, help="use only the first N images of each split")
@@ -171,7 +176,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         border_is_pet=args.border != "background", ignore_border=args.border == "ignore",
         clip_grad_norm=args.clip_grad, amp=args.amp,
         channels_last=args.channels_last, device=args.device, workers=args.workers, seed=args.seed,
-        out=out, resume=resume, cache=args.cache, skip_bad=args.skip_bad,
+        out=out, resume=resume, save_every=args.save_every, cache=args.cache, skip_bad=args.skip_bad,
         limit=args.limit, folds=args.folds, fold=args.fold, holdout_breed=args.holdout_breed,
         init_weights=args.init_weights,
         encoder_weights=args.encoder_weights, ema_decay=args.ema_decay, ema_warmup=args.ema_warmup,
@@ -186,6 +191,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    inherited: dict[str, object] = {}
+    if args.model:  # a resumed run goes on with its own settings, but for the flags given here
+        from models.checkpoint import CheckpointError, load_checkpoint
+
+        try:
+            saved = load_checkpoint(config_from_args(args).resume).config  # type: ignore[arg-type]
+        except CheckpointError:
+            saved = {}  # the run reports an unreadable checkpoint itself, as one line with exit code 2
+        given = explicit_flags(build_parser, sys.argv[1:] if argv is None else argv)
+        inherited = inherit_run_settings(args, saved, given)
     if args.folds < 2 or (args.fold is not None and not 0 <= args.fold < args.folds):
         parser.error(f"--fold must be in 0..{args.folds - 1} and --folds at least 2")
     if args.init_weights and args.model:
@@ -197,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.encoder_weights and args.init_weights:
         parser.error("--init-weights already sets every weight; --encoder-weights would be overwritten")
     setup_logging(args.verbose)
+    if inherited:
+        log.info("resuming with the run's own settings: %s (a flag given here overrides its setting)",
+                 ", ".join(f"{name}={value}" for name, value in inherited.items()))
 
     def run() -> int:
         config = config_from_args(args)

@@ -188,14 +188,15 @@ def test_the_logged_valid_dice_is_the_averages(ema_epochs: list[Path], pets30: P
 
 
 @slow
-def test_resuming_without_ema_goes_on_from_the_trained_weights_and_says_so(
+def test_resuming_with_ema_0_goes_on_from_the_trained_weights_and_says_so(
     ema_epochs: list[Path], pets30: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A resumed run keeps its average unless told otherwise (``--ema 0``): then the average is dropped."""
     out = tmp_path / "run"
     out.mkdir()
     (out / "last.pt").write_bytes(ema_epochs[0].read_bytes())
     with caplog.at_level(logging.WARNING, logger="training.fit"):
-        assert train(pets30, out, "-n", "unet", "-lr", "3e-3", "-e", "2", "--model", "last") == 0
+        assert train(pets30, out, "-n", "unet", "-lr", "3e-3", "-e", "2", "--ema", "0", "--model", "last") == 0
     assert "drops the average" in caplog.text
     resumed = load_checkpoint(out / "last.pt")
     assert "live_model" not in resumed.training_state

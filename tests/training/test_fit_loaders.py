@@ -2,13 +2,12 @@
 photos each split holds, how batches are drawn and seeded, and what each rank of a distributed run gets."""
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.data import DistributedSampler, RandomSampler, SequentialSampler, Subset
+from torch.utils.data import DistributedSampler, SequentialSampler, Subset
 
 from tests.factories import make_pet_dataset
 from tests.training.test_teacher_mix import write_teacher_set
@@ -40,13 +39,17 @@ def transform_names(dataset: PetDataset) -> list[str]:
 
 def test_training_batches_are_shuffled_with_the_runs_seed_and_validation_keeps_its_order(pets: Path) -> None:
     train, valid, sampler = loaders(pets)
-    assert sampler is None and isinstance(train.sampler, RandomSampler) and isinstance(valid.sampler, SequentialSampler)
+    assert train.sampler is sampler and isinstance(valid.sampler, SequentialSampler)
+    assert (sampler.num_replicas, sampler.rank, sampler.shuffle, sampler.seed) == (1, 0, True, 7)
     assert (train.batch_size, valid.batch_size, train.drop_last, valid.drop_last) == (3, 3, True, False)
     assert (len(train.dataset), len(valid.dataset)) == (8, 2)
     assert train.generator.initial_seed() == 7
     order = list(train.sampler)
     assert list(loaders(pets)[0].sampler) == order  # a fresh generator: the same run draws the same batches
     assert list(loaders(pets, seed=8)[0].sampler) != order
+    assert sorted(order) == list(range(8)) and order != list(range(8))
+    sampler.set_epoch(1)
+    assert list(sampler) != order  # each epoch its own order, a function of the seed and the epoch alone
     for loader in (train, valid):
         assert (loader.num_workers, loader.pin_memory, loader.persistent_workers) == (0, False, False)
         assert loader.worker_init_fn is fit._seed_worker
@@ -111,11 +114,9 @@ def test_copy_paste_composites_from_the_decoded_training_photos(pets: Path) -> N
 
 
 def test_each_rank_draws_its_share_of_the_shuffled_photos_and_scores_its_own_validation_photos(
-        pets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # What torchrun's process group would tell the sampler on rank 1 of 2.
-    monkeypatch.setattr(fit, "DistributedSampler", functools.partial(DistributedSampler, num_replicas=2, rank=1))
+        pets: Path) -> None:
     train, valid, sampler = loaders(pets, DistInfo(rank=1, world_size=2, local_rank=1), limit=None)
-    assert isinstance(sampler, DistributedSampler) and train.sampler is sampler
+    assert isinstance(sampler, DistributedSampler) and train.sampler is sampler and sampler.num_replicas == 2
     assert sampler.dataset is train.dataset and (sampler.shuffle, sampler.seed, sampler.rank) == (True, 7, 1)
     assert isinstance(valid.sampler, ShardSampler) and valid.sampler.indices == [1]  # of the 2 valid photos
     assert (valid.batch_size, valid.drop_last) == (3, False)
