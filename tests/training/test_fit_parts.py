@@ -136,7 +136,7 @@ def test_a_run_kept_with_an_average_resumes_its_trained_weights_and_its_average(
     with caplog.at_level(logging.WARNING, logger="training.fit"):
         fit._restore_weight_average(resume, core, None, "last.pt")
     assert torch.equal(core.weight, trained.weight)
-    assert caplog.messages == ["last.pt kept a weight average (EMA); resuming without --ema goes on from the trained "
+    assert caplog.messages == ["last.pt kept a weight average (EMA); resuming with --ema 0 goes on from the trained "
                                "weights and drops the average"]
 
 

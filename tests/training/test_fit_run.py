@@ -351,5 +351,5 @@ def test_resuming_a_run_kept_with_an_average_without_one_names_the_checkpoint(
     last = tmp_path / "run" / "last.pt"
     with caplog.at_level(logging.WARNING, logger="training.fit"):
         fit(config(pets, tmp_path / "run", epochs=2, resume=str(last)), progress=False)
-    assert caplog.messages == [f"{last} kept a weight average (EMA); resuming without --ema goes on from the trained "
+    assert caplog.messages == [f"{last} kept a weight average (EMA); resuming with --ema 0 goes on from the trained "
                                "weights and drops the average"]
