@@ -142,6 +142,8 @@ def load_checkpoint(path: str | os.PathLike[str], expected_arch: str | None = No
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
+    except KeyError:  # torch's reader takes a file that is no zip archive for its old format: a bad magic number
+        raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint file") from None
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
         raise CheckpointError(f"cannot read checkpoint {path}: {_first_line(exc)}") from None
     checkpoint = Checkpoint.from_dict(raw, source=str(path))

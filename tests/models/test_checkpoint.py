@@ -309,6 +309,13 @@ def test_an_empty_file_is_refused_with_the_errors_name_when_torch_gives_no_text(
     assert str(error.value) == f"cannot read checkpoint {tmp_path / 'empty.pt'}: EOFError"  # torch's is blank
 
 
+def test_a_text_file_is_refused_as_not_a_checkpoint_not_with_torchs_magic_number(tmp_path: Path) -> None:
+    (tmp_path / "notes.pt").write_text("junk\n")
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(tmp_path / "notes.pt")
+    assert str(error.value) == f"cannot read checkpoint {tmp_path / 'notes.pt'}: not a PyTorch checkpoint file"
+
+
 def test_half_makes_floats_fp16_keeps_integers_and_leaves_the_original_alone() -> None:
     original = small_checkpoint()
     half = original.half()
