@@ -230,9 +230,10 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
         best_epoch = int(state.get("best_epoch", resume.epoch))
         log.info("resumed %s at epoch %d (best valid Dice %.4f at epoch %d)", config.resume, resume.epoch,
                  best_dice, best_epoch)
-        if under_way is not None and (under_way.photos, under_way.seed) != (train_sampler.num_samples, config.seed):
+        saved_seed = int(resume.config.get("seed", config.seed))  # the seed the saved epoch's order was drawn with
+        if under_way is not None and (under_way.photos, saved_seed) != (train_sampler.num_samples, config.seed):
             log.warning("epoch %d starts over: its order of %d photos (seed %d) is now %d photos (seed %d)",
-                        under_way.epoch, under_way.photos, under_way.seed, train_sampler.num_samples, config.seed)
+                        under_way.epoch, under_way.photos, saved_seed, train_sampler.num_samples, config.seed)
             under_way = None
         if under_way is not None:
             log.info("epoch %d goes on after the %d photos it had trained on", under_way.epoch, under_way.samples)
@@ -276,7 +277,7 @@ def _fit(config: TrainConfig, device: torch.device, precision: str, info: DistIn
     reduce = (lambda r: gather_result(r, info)) if info.enabled else None
     for epoch in range(start_epoch, config.epochs + 1):
         progress = under_way if under_way is not None and under_way.epoch == epoch else EpochProgress(
-            epoch, photos=train_sampler.num_samples, seed=config.seed)
+            epoch, photos=train_sampler.num_samples)
         started = time.perf_counter() - progress.seconds
         train_sampler.set_epoch(epoch, skip=progress.samples)
         if saver is not None:

@@ -26,8 +26,7 @@ class EpochProgress:
     """Where an epoch stands: the photos it has trained on and the running sums its result is made of."""
 
     epoch: int
-    photos: int = 0  # the length of the epoch's order (this process's share): another length, another order
-    seed: int = 0  # the seed the order was drawn with
+    photos: int = 0  # the length of the epoch's order (this process's share): another length (or seed), another order
     samples: int = 0  # photos of this epoch's order already trained on
     seconds: float = 0.0  # training time spent on the epoch before this process took it up
     loss_sum: float = 0.0  # loss x images

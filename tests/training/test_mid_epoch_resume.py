@@ -227,6 +227,18 @@ def test_a_mid_epoch_save_of_another_order_starts_the_epoch_over(
     assert not any("goes on after" in m for m in caplog.messages)
 
 
+def test_a_mid_epoch_save_resumed_with_another_seed_starts_the_epoch_over(
+        pets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    stop_after_saving(monkeypatch, epoch=1, samples=4)
+    with pytest.raises(Stopped):
+        fit(config(pets, tmp_path / "run", batch_size=2, save_every=1e-9), progress=False)
+    monkeypatch.setattr(fit_module, "ProgressSaver", ProgressSaver)
+    with caplog.at_level(logging.INFO, logger="training.fit"):
+        fit(config(pets, tmp_path / "run", batch_size=2, epochs=1, seed=7, resume=str(tmp_path / "run" / "last.pt")),
+            progress=False)
+    assert "epoch 1 starts over: its order of 8 photos (seed 42) is now 8 photos (seed 7)" in caplog.messages
+
+
 @pytest.mark.parametrize(("saved", "border"), [({"border_is_pet": True, "ignore_border": True}, "ignore"),
                                                ({"border_is_pet": False, "ignore_border": False}, "background"),
                                                ({"border_is_pet": True, "ignore_border": False}, "pet")])
