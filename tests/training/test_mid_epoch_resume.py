@@ -213,30 +213,21 @@ def test_a_resumed_run_goes_on_with_its_own_settings_and_the_flags_given_overrid
     assert f"data_path={pets}" in line and "net=resnet34_unet" in line and "learning_rate" not in line
 
 
+@pytest.mark.parametrize(("changed", "now"), [({"limit": 6}, "6 photos (seed 42)"), ({"seed": 7}, "8 photos (seed 7)")],
+                         ids=["fewer-photos", "another-seed"])
 def test_a_mid_epoch_save_of_another_order_starts_the_epoch_over(
-        pets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        pets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        changed: dict, now: str) -> None:
     stop_after_saving(monkeypatch, epoch=1, samples=4)
     with pytest.raises(Stopped):
         fit(config(pets, tmp_path / "run", batch_size=2, save_every=1e-9), progress=False)
     monkeypatch.setattr(fit_module, "ProgressSaver", ProgressSaver)
     with caplog.at_level(logging.INFO, logger="training.fit"):
-        result = fit(config(pets, tmp_path / "run", batch_size=2, epochs=1, limit=6,
-                            resume=str(tmp_path / "run" / "last.pt")), progress=False)
-    assert "epoch 1 starts over: its order of 8 photos (seed 42) is now 6 photos (seed 42)" in caplog.messages
+        result = fit(config(pets, tmp_path / "run", batch_size=2, epochs=1, resume=str(tmp_path / "run" / "last.pt"),
+                            **changed), progress=False)
+    assert f"epoch 1 starts over: its order of 8 photos (seed 42) is now {now}" in caplog.messages
     assert result.history["epoch"] == [1.0]
     assert not any("goes on after" in m for m in caplog.messages)
-
-
-def test_a_mid_epoch_save_resumed_with_another_seed_starts_the_epoch_over(
-        pets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    stop_after_saving(monkeypatch, epoch=1, samples=4)
-    with pytest.raises(Stopped):
-        fit(config(pets, tmp_path / "run", batch_size=2, save_every=1e-9), progress=False)
-    monkeypatch.setattr(fit_module, "ProgressSaver", ProgressSaver)
-    with caplog.at_level(logging.INFO, logger="training.fit"):
-        fit(config(pets, tmp_path / "run", batch_size=2, epochs=1, seed=7, resume=str(tmp_path / "run" / "last.pt")),
-            progress=False)
-    assert "epoch 1 starts over: its order of 8 photos (seed 42) is now 8 photos (seed 7)" in caplog.messages
 
 
 @pytest.mark.parametrize(("saved", "border"), [({"border_is_pet": True, "ignore_border": True}, "ignore"),
